@@ -1,0 +1,40 @@
+# Two commands: `make demo` trains and evaluates GLIF on the offline default dataset; `make test`
+# runs the test suite. Both create their own virtual environment in .venv on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of PyTorch that the checkpoint-interop tests and the benchmarks compare against.
+TORCH ?= torch==2.13.0
+WORKDIR ?= runs/digits
+
+.PHONY: demo test lint bench clean
+
+demo: $(VENV)/.demo
+	$(BIN)/python -m experiments.main --config=experiments/configs/digits.py --workdir=$(WORKDIR)
+
+test: $(VENV)/.test
+	$(BIN)/python -m pytest -n 2 --durations=15
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(VENV)/.test
+	$(BIN)/python -m experiments.benchmarks
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.demo: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[experiments]'
+	touch $@
+
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet '$(TORCH)'
+	$(BIN)/python -m pip install --quiet -e '.[experiments,notebooks,torch,dev]'
+	touch $@ $(VENV)/.demo
+
+clean:
+	rm -rf $(VENV) runs

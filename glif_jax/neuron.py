@@ -1,0 +1,675 @@
+"""The GLIF neuron as a pure function of its parameters and its input current.
+
+Gated LIF (Yao et al., NeurIPS 2022, Eqs. 4-12), exactly as the reference code computes it. For
+every time step ``t = 0 … T-1``, with ``u₋₁ = o₋₁ = 0`` and every parameter stored *raw* and used
+through the logistic σ::
+
+    I_t = x_t · (1 − β·(1 − g_t))
+    u_t = (1 − α·(1 − τ)) · u_{t−1} · (1 − γ·o_{t−1}) − (1 − α)·ℓ + I_t − (1 − γ)·R·o_{t−1}
+    o_t = H(u_t − V_th)
+
+α, β, γ are the gates (σ(``alpha``), σ(``beta``), σ(``gamma``)); τ = σ(``tau``) is the
+exponential decay, ℓ = σ(``leak``) the linear decay, R = σ(``v_reset``) the soft-reset voltage
+(the reference's ``reVth``, a parameter separate from the threshold), V_th = σ(``v_th``) the
+threshold and g_t = σ(``conduct[t]``) the time-dependent conductance. The reset is *deferred*: the
+stored u_t is the membrane before reset, and the spike o_t resets it only while u_{t+1} is
+computed. H is the strict Heaviside step, differentiated through a surrogate
+(:mod:`glif_jax.surrogates`). The reset path is not detached (full BPTT), as in the reference.
+
+Every mode of the neuron reduces to the same per-step update over six *coefficients*
+(:class:`GLIFCoefficients`)::
+
+    u_t = decay · u_{t−1} · (1 − hard_reset·o_{t−1}) − leak + input_scale_t · x_t
+          − soft_reset · o_{t−1}
+
+so one time loop, one fused forward/backward and one kernel serve every mode.
+
+Axes: ``x`` is time-major and channel-last, ``(T, ..., C)``, with any number of middle axes
+(``(T, B, C)`` after a linear layer, ``(T, B, H, W, C)`` after a convolution). Channel-wise
+parameters have shape ``(C,)`` and ``conduct`` ``(T, C)``; layer-wise parameters are scalars and
+``conduct`` has shape ``(T,)``.
+
+Example::
+
+    >>> import jax, jax.numpy as jnp
+    >>> from glif_jax import neuron
+    >>> params = neuron.init_params(16, 4, key=jax.random.key(0))
+    >>> x = jnp.ones((4, 8, 16))                 # (T, B, C)
+    >>> neuron.glif(params, x).shape
+    (4, 8, 16)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from glif_jax import surrogates as _surrogates
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "LEAK_REFERENCE",
+    "MODES",
+    "GLIFCoefficients",
+    "GLIFParams",
+    "GLIFState",
+    "coefficients",
+    "glif",
+    "glif_step",
+    "init_params",
+    "init_state",
+    "simplex_params",
+]
+
+Mode = Literal["soft", "hard", "static", "static_hard", "fused"]
+MODES: tuple[str, ...] = ("soft", "hard", "static", "static_hard", "fused")
+"""Gate modes. ``soft``: the paper's GLIF, gates σ(raw), all learnable. ``hard``: gates
+1[σ(raw) > 0.5] forward with a straight-through gradient to σ(raw). ``static``: σ(raw) with no
+gradient (GLIF_s, Table 5). ``static_hard``: 1[raw > 0] with no gradient (the simplex LIFs of
+Table 4). ``fused``: every gate fully on and both resets applied, GLIF_f of Table 5 (the reference's
+``LIFSpike_CW_softsimple``), which has no gate parameters."""
+
+Implementation = Literal["auto", "fused", "scan", "pallas"]
+IMPLEMENTATIONS: tuple[str, ...] = ("auto", "fused", "scan", "pallas")
+
+LEAK_REFERENCE = 0.0625
+"""The reference's linear-decay init, V_th/(2·4) computed with T = 4 whatever T is used."""
+
+_GATE_FIELDS = ("alpha", "beta", "gamma")
+_FIELDS = ("alpha", "beta", "gamma", "tau", "v_th", "leak", "v_reset", "conduct")
+_UNROLL_MAX_T = 8  # vision networks use T ≤ 8: unrolled, XLA fuses every step into one pass.
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=list(_FIELDS), meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class GLIFParams:
+    """Raw (pre-sigmoid) GLIF parameters, as the reference stores them.
+
+    Channel-wise: every field has shape ``(C,)`` except ``conduct``, ``(T, C)``. Layer-wise: every
+    field is a scalar except ``conduct``, ``(T,)``. The gates are ``None`` for the GLIF_f neuron
+    (``mode="fused"``), which has none.
+
+    Attributes:
+      alpha: gate α between exponential (α→1) and linear (α→0) decay.
+      beta: gate β between time-dependent (β→1) and uniform (β→0) input coding.
+      gamma: gate γ between hard (γ→1) and soft (γ→0) reset.
+      tau: exponential decay factor τ.
+      v_th: firing threshold V_th (the reference's ``Vth``).
+      leak: linear decay ℓ (the reference's ``leak``).
+      v_reset: soft-reset voltage R (the reference's ``reVth``).
+      conduct: time-dependent conductance gᵗ, one row per time step.
+    """
+
+    alpha: jax.Array | None
+    beta: jax.Array | None
+    gamma: jax.Array | None
+    tau: jax.Array
+    v_th: jax.Array
+    leak: jax.Array
+    v_reset: jax.Array
+    conduct: jax.Array
+
+    @property
+    def channel_wise(self) -> bool:
+        return jnp.ndim(self.v_th) == 1
+
+    @property
+    def channels(self) -> int | None:
+        """C for channel-wise parameters, ``None`` for layer-wise ones."""
+        return int(jnp.shape(self.v_th)[0]) if self.channel_wise else None
+
+    @property
+    def time_steps(self) -> int:
+        return int(jnp.shape(self.conduct)[0])
+
+    @property
+    def has_gates(self) -> bool:
+        return self.alpha is not None
+
+    def replace(self, **changes) -> GLIFParams:
+        return dataclasses.replace(self, **changes)
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["decay", "leak", "hard_reset", "soft_reset", "v_th", "input_scale"],
+    meta_fields=[],
+)
+@dataclasses.dataclass(frozen=True)
+class GLIFCoefficients:
+    """The per-step update ``u_t = decay·u·(1 − hard_reset·o) − leak + input_scale_t·x_t −
+    soft_reset·o`` of any GLIF mode, with the gates already applied.
+
+    For the gated modes: ``decay = 1 − α(1 − τ)``, ``leak = (1 − α)ℓ``, ``hard_reset = γ``,
+    ``soft_reset = (1 − γ)R``, ``input_scale = 1 − β(1 − g)``. For GLIF_f: ``decay = τ``,
+    ``leak = ℓ``, ``hard_reset = 1``, ``soft_reset = R``, ``input_scale = g``. Shapes as
+    :class:`GLIFParams` (``input_scale`` like ``conduct``).
+    """
+
+    decay: jax.Array
+    leak: jax.Array
+    hard_reset: jax.Array
+    soft_reset: jax.Array
+    v_th: jax.Array
+    input_scale: jax.Array
+
+
+class GLIFState(NamedTuple):
+    """The carry of the time loop: the membrane u_{t−1} (before reset) and the spike o_{t−1}."""
+
+    membrane: jax.Array
+    spike: jax.Array
+
+
+# ------------------------------------------------------------------------------------------------
+# Initialisation
+
+
+def _logit(value: float) -> float:
+    # The reference's own formula, in float64 before the cast: -log(1/v - 1).
+    return -math.log(1 / value - 1)
+
+
+def _check_unit_interval(function: str, name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{function}: {name} must be a number in (0, 1), got {value!r}.")
+    if not 0 < float(value) < 1:
+        raise ValueError(
+            f"{function}: {name} must lie in the open interval (0, 1) because it is stored as "
+            f"logit({name}) and used through a sigmoid; got {value!r}."
+        )
+    return float(value)
+
+
+def _check_channels_and_steps(function: str, channels, time_steps) -> None:
+    if channels is not None and (
+        isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1
+    ):
+        raise ValueError(
+            f"{function}: channels must be a positive int (channel-wise) or None (layer-wise), "
+            f"got {channels!r}."
+        )
+    if isinstance(time_steps, bool) or not isinstance(time_steps, (int, np.integer)):
+        raise TypeError(f"{function}: time_steps must be a positive int, got {time_steps!r}.")
+    if time_steps < 1:
+        raise ValueError(f"{function}: time_steps must be a positive int, got {time_steps!r}.")
+
+
+def init_params(
+    channels: int | None,
+    time_steps: int,
+    *,
+    tau: float = 0.25,
+    v_th: float = 0.5,
+    leak: float | Literal["scaled"] = LEAK_REFERENCE,
+    v_reset: float = 0.5,
+    conduct: float = 0.5,
+    gates: Sequence[float] | None = (0.6, 0.8, 0.6),
+    key: jax.Array | None = None,
+    dtype=jnp.float32,
+) -> GLIFParams:
+    """Raw GLIF parameters, initialised as the reference does.
+
+    Every value is the sigmoid of its raw parameter, so ``raw = logit(value)``. The gates go through
+    the reference's mapping ``g' = (g − 0.5)/2 + 0.5``: the default ``(0.6, 0.8, 0.6)`` gives
+    σ = (0.55, 0.65, 0.55). With ``key``, the gates are instead drawn raw from U(−0.1, 0.1), the
+    reference's ``--randomgate`` training default (σ ∈ (0.475, 0.525)).
+
+    Args:
+      channels: C for channel-wise parameters, or ``None`` for layer-wise (scalar) ones.
+      time_steps: T, the number of rows of ``conduct``.
+      tau: exponential decay τ ∈ (0, 1).
+      v_th: threshold V_th ∈ (0, 1).
+      leak: linear decay ℓ ∈ (0, 1). The default 0.0625 is the reference's value for every T;
+        ``"scaled"`` gives V_th/(2T) for the T used.
+      v_reset: soft-reset voltage R ∈ (0, 1) (the reference initialises it to V_th).
+      conduct: conductance gᵗ ∈ (0, 1) at every step.
+      gates: (α, β, γ) ∈ (0, 1)³ before the mapping, or ``None`` for no gate parameters (GLIF_f).
+      key: if given, draw the raw gates from U(−0.1, 0.1) (three independent draws).
+      dtype: floating dtype of every field.
+
+    Returns:
+      A :class:`GLIFParams`.
+
+    Raises:
+      ValueError: a value outside (0, 1), non-positive ``channels`` or ``time_steps``.
+    """
+    fn = "init_params"
+    _check_channels_and_steps(fn, channels, time_steps)
+    if isinstance(leak, str):
+        if leak != "scaled":
+            raise ValueError(f"{fn}: leak must be a number in (0, 1) or 'scaled', got {leak!r}.")
+        leak = v_th / (2 * time_steps)
+    values = {
+        "tau": _check_unit_interval(fn, "tau", tau),
+        "v_th": _check_unit_interval(fn, "v_th", v_th),
+        "leak": _check_unit_interval(fn, "leak", leak),
+        "v_reset": _check_unit_interval(fn, "v_reset", v_reset),
+    }
+    conduct = _check_unit_interval(fn, "conduct", conduct)
+    shape = () if channels is None else (int(channels),)
+
+    def full(value, shape=shape):
+        return jnp.full(shape, _logit(value), dtype)
+
+    fields = {name: full(value) for name, value in values.items()}
+    fields["conduct"] = full(conduct, (int(time_steps), *shape))
+    if gates is None:
+        fields.update(alpha=None, beta=None, gamma=None)
+    elif key is not None:
+        keys = jax.random.split(key, 3)
+        for name, k in zip(_GATE_FIELDS, keys, strict=True):
+            fields[name] = jax.random.uniform(k, shape, dtype, minval=-0.1, maxval=0.1)
+    else:
+        gates = tuple(gates)
+        if len(gates) != 3:
+            raise ValueError(f"{fn}: gates must be three values (α, β, γ), got {gates!r}.")
+        for name, g in zip(_GATE_FIELDS, gates, strict=True):
+            g = _check_unit_interval(fn, f"gates[{name}]", g)
+            fields[name] = full((g - 0.5) * 0.5 + 0.5)
+    return GLIFParams(**fields)
+
+
+def simplex_params(code: str, channels: int | None, time_steps: int, **init_kwargs) -> GLIFParams:
+    """Parameters of a simplex LIF (Table 4): binary gates α, β, γ from a code such as ``"101"``.
+
+    The gates are stored as the reference stores ``--gate 1 0 1`` (raw logit(0.75) for 1 and
+    logit(0.25) for 0); use them with ``mode="static_hard"``, which reads the gates as 1[raw > 0].
+    ``"101"`` (α, β, γ = 1, 0, 1) is the vanilla LIF ``u = τ·u·(1 − o) + x``.
+
+    Args:
+      code: three characters from ``{"0", "1"}``, for α, β, γ in that order.
+      channels, time_steps, **init_kwargs: as :func:`init_params` (but no ``gates`` or ``key``).
+    """
+    if not (isinstance(code, str) and len(code) == 3 and set(code) <= {"0", "1"}):
+        raise ValueError(
+            f"simplex_params: code must be three characters from '0'/'1' for (α, β, γ), "
+            f"e.g. '101'; got {code!r}."
+        )
+    for forbidden in ("gates", "key"):
+        if forbidden in init_kwargs:
+            raise ValueError(f"simplex_params: {forbidden} is set by the code; do not pass it.")
+    # The reference's gate mapping (g - 0.5)/2 + 0.5 takes a gate of 1 to 0.75 and 0 to 0.25.
+    params = init_params(channels, time_steps, gates=(0.5, 0.5, 0.5), **init_kwargs)
+    raw = {
+        name: jnp.full_like(params.v_th, _logit(0.75 if bit == "1" else 0.25))
+        for name, bit in zip(_GATE_FIELDS, code, strict=True)
+    }
+    return params.replace(**raw)
+
+
+# ------------------------------------------------------------------------------------------------
+# Gates and coefficients
+
+
+@jax.custom_vjp
+def _straight_through_gate(g: jax.Array) -> jax.Array:
+    # The reference's ArchAct: 1[σ(raw) > 0.5] forward, identity backward w.r.t. σ(raw).
+    return (g > 0.5).astype(g.dtype)
+
+
+_straight_through_gate.defvjp(lambda g: (_straight_through_gate(g), None), lambda _, ct: (ct,))
+
+
+def _gates(params: GLIFParams, mode: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+    raw = (params.alpha, params.beta, params.gamma)
+    if mode == "soft":
+        return tuple(jax.nn.sigmoid(r) for r in raw)
+    if mode == "hard":
+        return tuple(_straight_through_gate(jax.nn.sigmoid(r)) for r in raw)
+    if mode == "static":
+        return tuple(jax.lax.stop_gradient(jax.nn.sigmoid(r)) for r in raw)
+    if mode == "static_hard":
+        return tuple(jax.lax.stop_gradient((r > 0).astype(r.dtype)) for r in raw)
+    raise AssertionError(mode)
+
+
+def coefficients(params: GLIFParams, mode: Mode = "soft") -> GLIFCoefficients:
+    """The per-step update coefficients of ``params`` under ``mode`` (differentiable).
+
+    The gated modes compute the reference's terms in the reference's order, so that the
+    membrane is bit-identical to it: ``decay = 1 − α(1 − τ)``, ``leak = (1 − α)ℓ``,
+    ``soft_reset = (1 − γ)R``, ``input_scale = 1 − β(1 − g)``.
+    """
+    _check_mode(mode)
+    sig = jax.nn.sigmoid
+    tau, v_th, leak, v_reset = (
+        sig(params.tau),
+        sig(params.v_th),
+        sig(params.leak),
+        sig(params.v_reset),
+    )
+    conduct = sig(params.conduct)
+    if mode == "fused":
+        return GLIFCoefficients(
+            decay=tau,
+            leak=leak,
+            hard_reset=jnp.ones_like(tau),
+            soft_reset=v_reset,
+            v_th=v_th,
+            input_scale=conduct,
+        )
+    if not params.has_gates:
+        raise ValueError(
+            f"mode={mode!r} needs the gates alpha, beta, gamma, but these parameters have none "
+            "(they were built for mode='fused'); build them with gates=... or a key."
+        )
+    alpha, beta, gamma = _gates(params, mode)
+    return GLIFCoefficients(
+        decay=1 - alpha * (1 - tau),
+        leak=(1 - alpha) * leak,
+        hard_reset=gamma,
+        soft_reset=(1 - gamma) * v_reset,
+        v_th=v_th,
+        input_scale=1 - beta * (1 - conduct),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# One time step
+
+
+def init_state(shape: Sequence[int], dtype=jnp.float32) -> GLIFState:
+    """The state before the first step: u₋₁ = 0 and o₋₁ = 0, each of ``shape`` (``(..., C)``)."""
+    zeros = jnp.zeros(shape, dtype)
+    return GLIFState(membrane=zeros, spike=zeros)
+
+
+def _membrane_update(u_prev, o_prev, x_t, input_scale_t, c: GLIFCoefficients):
+    # Term order and grouping as the reference's extended_state_update, for bit-identical results.
+    return ((c.decay * u_prev * (1 - c.hard_reset * o_prev) - c.leak) + x_t * input_scale_t) - (
+        c.soft_reset * o_prev
+    )
+
+
+def glif_step(
+    state: GLIFState,
+    inputs: tuple[jax.Array, jax.Array],
+    coeffs: GLIFCoefficients,
+    *,
+    surrogate: _surrogates.Surrogate = _surrogates.rectangle(),
+    detach_reset: bool = False,
+) -> tuple[GLIFState, jax.Array]:
+    """One GLIF time step: the body that :func:`glif` scans over time.
+
+    Args:
+      state: u_{t−1} and o_{t−1}, each ``(..., C)`` (:func:`init_state` at t = 0).
+      inputs: ``(x_t, input_scale_t)``: the input current ``(..., C)`` and the row t of
+        ``coeffs.input_scale`` (``(C,)`` or scalar).
+      coeffs: from :func:`coefficients`.
+      surrogate: the spike's surrogate derivative.
+      detach_reset: stop the gradient through o_{t−1} in the reset terms.
+
+    Returns:
+      ``(GLIFState(u_t, o_t), o_t)``.
+
+    Example (online simulation, one step at a time)::
+
+        coeffs = coefficients(params, "soft")
+        state = init_state(x_t.shape)
+        for t in range(T):
+            state, spike = glif_step(state, (x[t], coeffs.input_scale[t]), coeffs)
+    """
+    x_t, input_scale_t = inputs
+    o_prev = jax.lax.stop_gradient(state.spike) if detach_reset else state.spike
+    u = _membrane_update(state.membrane, o_prev, x_t, input_scale_t, coeffs)
+    o = _surrogates.spike(u - coeffs.v_th, surrogate)
+    return GLIFState(u, o), o
+
+
+# ------------------------------------------------------------------------------------------------
+# The time loop
+
+
+def _check_mode(mode) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown GLIF mode {mode!r}; expected one of {MODES}.")
+
+
+def _check_inputs(params: GLIFParams, x) -> None:
+    if not isinstance(params, GLIFParams):
+        raise TypeError(
+            f"glif: params must be a glif_jax.neuron.GLIFParams, got {type(params).__name__}."
+        )
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"glif: x must be a floating-point array (the input current), got dtype {dtype}; "
+            "cast spikes or integer data with x.astype(jnp.float32)."
+        )
+    if x.ndim < 2:
+        raise ValueError(
+            f"glif: x must be time-major and channel-last, shape (T, ..., C) with rank >= 2; "
+            f"got shape {tuple(x.shape)}."
+        )
+    shape = jnp.shape(params.v_th)
+    for name in _FIELDS:
+        value = getattr(params, name)
+        if value is None:
+            continue
+        expected = (params.time_steps, *shape) if name == "conduct" else shape
+        if jnp.shape(value) != expected:
+            raise ValueError(
+                f"glif: params.{name} has shape {jnp.shape(value)}, expected {expected} "
+                f"(params.v_th has shape {shape})."
+            )
+    if len(shape) > 1:
+        raise ValueError(
+            "glif: parameters must be channel-wise (C,) or layer-wise (), "
+            f"got v_th of shape {shape}."
+        )
+    if shape and shape[0] != x.shape[-1]:
+        raise ValueError(
+            f"glif: x has {x.shape[-1]} channels on its last axis (shape {tuple(x.shape)}) but the "
+            f"parameters are for {shape[0]} channels; x must be channel-last, (T, ..., C)."
+        )
+    if x.shape[0] != params.time_steps:
+        raise ValueError(
+            f"glif: x has T={x.shape[0]} time steps on its first axis (shape {tuple(x.shape)}) but "
+            f"params.conduct has {params.time_steps} rows; x must be time-major, (T, ..., C)."
+        )
+
+
+def glif(
+    params: GLIFParams,
+    x: jax.Array,
+    *,
+    mode: Mode = "soft",
+    surrogate: _surrogates.Surrogate | str = _surrogates.rectangle(),
+    return_membrane: bool = False,
+    detach_reset: bool = False,
+    implementation: Implementation = "auto",
+):
+    """Run a GLIF layer over time: the spike train o of an input current x.
+
+    Args:
+      params: raw parameters (:func:`init_params`), channel-wise or layer-wise.
+      x: input current, time-major and channel-last, ``(T, ..., C)``, floating dtype.
+      mode: one of :data:`MODES`.
+      surrogate: the spike's surrogate derivative, a :class:`~glif_jax.surrogates.Surrogate` or a
+        name from :func:`glif_jax.surrogates.names`.
+      return_membrane: also return the membrane trace u_t (before reset).
+      detach_reset: stop the gradient through o_{t−1} in the reset terms (the reference does not).
+      implementation: ``"fused"``: one custom VJP over the whole time loop that saves only ``x``
+        for the backward pass (4 bytes per neuron and step in fp32) and computes every gradient in
+        one reverse pass, unrolled for T ≤ 8; ``"scan"``: plain ``lax.scan`` of :func:`glif_step`
+        under autodiff (the reference path); ``"pallas"``: the Pallas kernel of
+        :mod:`glif_jax.pallas_glif`; ``"auto"``: Pallas on GPU and TPU, fused elsewhere. Every
+        implementation gives the same spikes.
+
+    Returns:
+      The spikes o, ``(T, ..., C)`` in ``x``'s dtype; with ``return_membrane``, ``(o, u)`` where u
+      has the same shape in the compute dtype (float32 for inputs of 32 bits or fewer).
+
+    Raises:
+      TypeError: ``x`` is not floating point, or ``surrogate`` is not a surrogate.
+      ValueError: ``x`` has rank < 2, its channels or time steps do not match ``params``, or the
+        mode, surrogate name or implementation is unknown.
+    """
+    _check_inputs(params, x)
+    _check_mode(mode)
+    surrogate = _surrogates.get(surrogate)
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"glif: unknown implementation {implementation!r}; expected one of {IMPLEMENTATIONS}."
+        )
+    coeffs = coefficients(params, mode)
+    # At least float32: bf16/fp16 currents are integrated in float32, float64 stays float64.
+    bits = max(jnp.finfo(x.dtype).bits, jnp.finfo(coeffs.v_th.dtype).bits)
+    compute_dtype = jnp.float64 if bits > 32 else jnp.float32
+    coeffs = jax.tree.map(lambda c: c.astype(compute_dtype), coeffs)
+    if implementation == "auto":
+        implementation = "pallas" if jax.default_backend() in ("gpu", "tpu") else "fused"
+    if implementation == "scan":
+        spikes, membrane = _glif_scan(x, coeffs, surrogate, detach_reset)
+        return (spikes, membrane) if return_membrane else spikes
+    if implementation == "fused":
+        return _glif_fused(x, coeffs, surrogate, detach_reset, return_membrane)
+    from glif_jax import pallas_glif
+
+    return pallas_glif.glif_pallas(x, coeffs, surrogate, detach_reset, return_membrane)
+
+
+def _glif_scan(x, coeffs, surrogate, detach_reset):
+    step = functools.partial(
+        glif_step, coeffs=coeffs, surrogate=surrogate, detach_reset=detach_reset
+    )
+    state = init_state(x.shape[1:], coeffs.v_th.dtype)
+    _, (spikes, membrane) = jax.lax.scan(
+        lambda s, inp: (lambda new, o: (new, (o, new.membrane)))(*step(s, inp)),
+        state,
+        (x.astype(coeffs.v_th.dtype), coeffs.input_scale),
+    )
+    return spikes.astype(x.dtype), membrane
+
+
+# ------------------------------------------------------------------------------------------------
+# The fused path: one custom VJP over the whole time loop.
+
+
+def _forward_trace(x, coeffs):
+    """Membrane u_t and spikes o_t for every t, ``(T, ..., C)`` each, in the compute dtype."""
+    dtype = coeffs.v_th.dtype
+    steps = x.shape[0]
+
+    def step(carry, inputs):
+        u_prev, o_prev = carry
+        x_t, scale_t = inputs
+        u = _membrane_update(u_prev, o_prev, x_t.astype(dtype), scale_t, coeffs)
+        o = (u - coeffs.v_th > 0).astype(dtype)
+        return (u, o), (u, o)
+
+    zeros = jnp.zeros(x.shape[1:], dtype)
+    if steps <= _UNROLL_MAX_T:
+        carry, us, os = (zeros, zeros), [], []
+        for t in range(steps):
+            carry, (u, o) = step(carry, (x[t], coeffs.input_scale[t]))
+            us.append(u)
+            os.append(o)
+        return jnp.stack(us), jnp.stack(os)
+    _, (us, os) = jax.lax.scan(step, (zeros, zeros), (x, coeffs.input_scale))
+    return us, os
+
+
+def _sum_to(value, like):
+    """Sum ``value`` (``(..., C)``) down to the shape of a coefficient (``(C,)`` or ``()``)."""
+    return jnp.sum(value, axis=tuple(range(value.ndim - jnp.ndim(like))))
+
+
+def _reverse_step(carry, inputs, coeffs: GLIFCoefficients, surrogate, detach_reset: bool, reduce):
+    """One step of the reverse pass through time.
+
+    ``carry`` is (gu_next, sums): the gradient w.r.t. u_{t+1} (zero after the last step) and the
+    running parameter-gradient sums. ``inputs`` holds x_t, u_t, o_t, u_{t−1}, o_{t−1}, the
+    cotangents of o_t and u_t, and input_scale_t. Returns the new carry and (dx_t, d input_scale_t).
+    """
+    c = coeffs
+    gu_next, (d_decay, d_leak, d_hard, d_soft, d_vth) = carry
+    x_t, u, o, u_prev, o_prev, g_spike, g_membrane, scale_t = inputs
+    # o_t reaches the loss directly and, through both reset terms, through u_{t+1}.
+    g_o = g_spike
+    if not detach_reset:
+        g_o = g_o + gu_next * (-(c.decay * u * c.hard_reset) - c.soft_reset)
+    g_v = g_o * surrogate.derivative(u - c.v_th)
+    g_u = g_v + gu_next * (c.decay * (1 - c.hard_reset * o)) + g_membrane
+    sums = (
+        d_decay + reduce(g_u * (u_prev * (1 - c.hard_reset * o_prev))),
+        d_leak - reduce(g_u),
+        d_hard - reduce(g_u * (c.decay * u_prev * o_prev)),
+        d_soft - reduce(g_u * o_prev),
+        d_vth - reduce(g_v),
+    )
+    return (g_u, sums), (g_u * scale_t, reduce(g_u * x_t))
+
+
+def _glif_fused_bwd_impl(x, coeffs, g_spikes, g_membrane, surrogate, detach_reset):
+    dtype = coeffs.v_th.dtype
+    us, os = _forward_trace(x, coeffs)
+    reduce = functools.partial(_sum_to, like=coeffs.v_th)
+    zeros_c = jnp.zeros_like(coeffs.v_th)
+    zeros = jnp.zeros(x.shape[1:], dtype)
+    carry = (zeros, (zeros_c,) * 5)
+    g_spikes = g_spikes.astype(dtype)
+    g_membrane = jnp.zeros_like(us) if g_membrane is None else g_membrane.astype(dtype)
+    body = functools.partial(
+        _reverse_step, coeffs=coeffs, surrogate=surrogate, detach_reset=detach_reset, reduce=reduce
+    )
+    steps = x.shape[0]
+    u_prev = jnp.concatenate([zeros[None], us[:-1]]) if steps > _UNROLL_MAX_T else None
+    o_prev = jnp.concatenate([zeros[None], os[:-1]]) if steps > _UNROLL_MAX_T else None
+    if steps <= _UNROLL_MAX_T:
+        dx, d_scale = [None] * steps, [None] * steps
+        for t in reversed(range(steps)):
+            prev = (us[t - 1], os[t - 1]) if t > 0 else (zeros, zeros)
+            inputs = (
+                x[t].astype(dtype),
+                us[t],
+                os[t],
+                *prev,
+                g_spikes[t],
+                g_membrane[t],
+                coeffs.input_scale[t],
+            )
+            carry, (dx[t], d_scale[t]) = body(carry, inputs)
+        dx, d_scale = jnp.stack(dx), jnp.stack(d_scale)
+    else:
+        inputs = (x.astype(dtype), us, os, u_prev, o_prev, g_spikes, g_membrane, coeffs.input_scale)
+        carry, (dx, d_scale) = jax.lax.scan(body, carry, inputs, reverse=True)
+    d_decay, d_leak, d_hard, d_soft, d_vth = carry[1]
+    d_coeffs = GLIFCoefficients(
+        decay=d_decay,
+        leak=d_leak,
+        hard_reset=d_hard,
+        soft_reset=d_soft,
+        v_th=d_vth,
+        input_scale=d_scale,
+    )
+    return dx.astype(x.dtype), d_coeffs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _glif_fused(x, coeffs, surrogate, detach_reset, return_membrane):
+    us, os = _forward_trace(x, coeffs)
+    spikes = os.astype(x.dtype)
+    return (spikes, us) if return_membrane else spikes
+
+
+def _glif_fused_fwd(x, coeffs, surrogate, detach_reset, return_membrane):
+    # Only the input is kept: the backward pass recomputes the membrane from it.
+    return _glif_fused(x, coeffs, surrogate, detach_reset, return_membrane), (x, coeffs)
+
+
+def _glif_fused_bwd(surrogate, detach_reset, return_membrane, residuals, cotangents):
+    x, coeffs = residuals
+    g_spikes, g_membrane = cotangents if return_membrane else (cotangents, None)
+    return _glif_fused_bwd_impl(x, coeffs, g_spikes, g_membrane, surrogate, detach_reset)
+
+
+_glif_fused.defvjp(_glif_fused_fwd, _glif_fused_bwd)
