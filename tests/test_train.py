@@ -333,3 +333,30 @@ def test_run_on_mesh_of_4_devices_trains():
         first = float(metrics["loss"]) if first is None else first
     assert float(metrics["loss"]) < first
     assert jnp.isfinite(metrics["loss"])
+
+
+def test_eval_mode_evaluates_a_released_reference_checkpoint(tmp_path, monkeypatch):
+    """``--mode=eval --reference_checkpoint=FILE``: a file in the released container format."""
+    torch = pytest.importorskip("torch")
+    import tensorflow_datasets as tfds
+
+    from glif_jax import interop
+
+    config = cifar.get_config("model=resnet19,dataset=cifar10,t=2")
+    config.batch_size = 8
+    released = train.build_model(config, 10, nnx.Rngs(3))
+    state_dict = interop.export_reference_state_dict(released)
+    path = tmp_path / "resCifar19-CIFAR10-step2-CW.pth.tar"
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in state_dict.items()}}, path)
+    # mock_data stands in for a prepared dataset, which it does not write to disk.
+    monkeypatch.setattr(input_pipeline, "check_prepared", lambda name, data_dir: None)
+    with tfds.testing.mock_data(num_examples=12):
+        result = train.evaluate(config, tmp_path / "eval", reference_checkpoint=str(path))
+        released.eval()
+        correct = 0
+        for batch in input_pipeline.eval_batches("cifar10", data_dir=None, global_batch_size=8):
+            predictions = np.argmax(released(batch["image"]), axis=-1)
+            correct += int(np.sum((predictions == batch["label"]) & batch["mask"]))
+    assert result["count"] == 12
+    assert result["top1"] == pytest.approx(100 * correct / 12)
+    assert result["source"] == str(path)
