@@ -48,13 +48,16 @@ __all__ = [
 ]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def spike(v: jax.Array, surrogate: Surrogate) -> jax.Array:
     """Heaviside step ``H(v)`` (strict: ``H(0) = 0``) with ``surrogate``'s derivative as gradient.
 
+    The surrogate is a custom JVP, tangent ``surrogate.derivative(v) · dv``, so that forward mode
+    (``jax.jvp``, ``jax.jacfwd``) works as well as reverse mode, which JAX derives from it.
+
     Args:
       v: membrane potential minus threshold, any shape, floating dtype.
-      surrogate: a :class:`Surrogate`; only its backward pass is used.
+      surrogate: a :class:`Surrogate`; only its derivative is used, in differentiation.
 
     Returns:
       ``(v > 0)`` in ``v``'s dtype and shape.
@@ -62,15 +65,10 @@ def spike(v: jax.Array, surrogate: Surrogate) -> jax.Array:
     return (v > 0).astype(v.dtype)
 
 
-def _spike_fwd(v, surrogate):
-    return spike(v, surrogate), v
-
-
-def _spike_bwd(surrogate, v, g):
-    return (g * surrogate.derivative(v).astype(g.dtype),)
-
-
-spike.defvjp(_spike_fwd, _spike_bwd)
+@spike.defjvp
+def _spike_jvp(surrogate, primals, tangents):
+    (v,), (dv,) = primals, tangents
+    return spike(v, surrogate), surrogate.derivative(v).astype(dv.dtype) * dv
 
 
 def _check_positive(function: str, name: str, value: float) -> float:

@@ -432,3 +432,10 @@ def test_bad_simplex_code_is_an_error():
 
 def test_logit_is_the_inverse_of_sigmoid():
     assert math.isclose(1 / (1 + math.exp(-neuron._logit(0.3))), 0.3)
+
+
+def test_forward_mode_through_the_scan_path_matches_reverse_mode():
+    params = random_params(np.random.default_rng(9), 3, 4)
+    x = random_input(np.random.default_rng(10), (4, 2, 3))
+    run = lambda x: neuron.glif(params, x, implementation="scan")
+    np.testing.assert_allclose(jax.jacfwd(run)(x), jax.jacrev(run)(x), rtol=1e-6, atol=1e-7)
