@@ -590,6 +590,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                         )
                     if stop["stop"] or step >= stop_step:
                         break
+                else:
+                    if step % steps_per_epoch:
+                        raise RuntimeError(
+                            f"epoch {epoch} of {config.dataset} ran out of batches after step "
+                            f"{step}, short of {steps_per_epoch} steps per epoch: its training "
+                            f"split holds fewer than the {info.num_train} examples it should. "
+                            "Prepare the dataset again."
+                        )
             if stop["stop"]:
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
