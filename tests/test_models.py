@@ -405,10 +405,12 @@ def test_remat_gives_the_same_logits_and_gradients():
         (_, per_step), grads = _loss_and_grads(model, x)
         results.append((per_step, grads, nnx.state(model, nnx.BatchStat)))
     (logits, grads, stats), (logits_remat, grads_remat, stats_remat) = results
-    # Recomputing the forward pass gives the same numbers, bit for bit.
+    # The forward pass is the same computation: bit for bit. The backward pass recomputes it and
+    # XLA fuses it differently: the gradients agree to float32 rounding.
     np.testing.assert_array_equal(logits_remat, logits)
-    jax.tree.map(np.testing.assert_array_equal, grads_remat, grads)
     jax.tree.map(np.testing.assert_array_equal, stats_remat, stats)
+    for a, b in zip(jax.tree.leaves(grads_remat), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(jnp.abs(b).max()))
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
 
 

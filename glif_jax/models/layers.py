@@ -332,18 +332,12 @@ def make_builder(
 # Forward-pass helpers
 
 
-def _call(layer, x):
-    return layer(x)
-
-
-_remat_call = nnx.remat(_call)
-
-
 def run_layers(layers: Sequence[Callable], x: jax.Array, *, remat: bool = False) -> jax.Array:
     """Apply ``layers`` in order; with ``remat``, each one is recomputed in the backward pass
-    (``nnx.remat``) instead of keeping its activations. The results are the same."""
+    (:func:`glif_jax.nn.recompute`) instead of keeping its activations. The results are the same.
+    """
     for layer in layers:
-        x = _remat_call(layer, x) if remat and isinstance(layer, nnx.Module) else layer(x)
+        x = gnn.recompute(layer, x) if remat and isinstance(layer, nnx.Module) else layer(x)
     return x
 
 

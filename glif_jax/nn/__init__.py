@@ -9,6 +9,7 @@ from flax import nnx
 
 from glif_jax.nn.neurons import GLIF, FiringRate
 from glif_jax.nn.normalization import TDBatchNorm
+from glif_jax.nn.recompute import recompute
 from glif_jax.nn.temporal import (
     PerFrame,
     batch_major_to_time_major,
@@ -29,6 +30,7 @@ __all__ = [
     "fold_time",
     "glif_layers",
     "per_frame",
+    "recompute",
     "unfold_time",
 ]
 
