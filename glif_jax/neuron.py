@@ -497,12 +497,19 @@ def glif(
         name from :func:`glif_jax.surrogates.names`.
       return_membrane: also return the membrane trace u_t (before reset).
       detach_reset: stop the gradient through o_{t−1} in the reset terms (the reference does not).
-      implementation: ``"fused"``: one custom VJP over the whole time loop that saves only ``x``
-        for the backward pass (4 bytes per neuron and step in fp32) and computes every gradient in
-        one reverse pass, unrolled for T ≤ 8; ``"scan"``: plain ``lax.scan`` of :func:`glif_step`
-        under autodiff (the reference path); ``"pallas"``: the Pallas kernel of
-        :mod:`glif_jax.pallas_glif`; ``"auto"``: Pallas on GPU and TPU, fused elsewhere. Every
-        implementation gives the same spikes.
+      implementation: how the time loop runs, and so what the backward pass keeps per neuron
+        and step. ``"fused"``: one custom VJP over the whole time loop; its forward pass keeps
+        only ``x`` (4 bytes in float32, 2 in bfloat16) and its backward pass recomputes the
+        membrane and computes every gradient in one reverse pass, unrolled for T ≤ 8 so that
+        XLA runs all steps in a few passes over memory (a ``lax.scan`` beyond). ``"scan"``:
+        ``lax.scan`` of :func:`glif_step` under plain autodiff, which stores the per-step
+        residuals (12 bytes, in float32 whatever the input): the reference path. ``"pallas"``:
+        the kernels of :mod:`glif_jax.pallas_glif`, keeping ``x`` like fused (on the CPU they run
+        in Pallas's interpreter, for testing). ``"auto"``: Pallas on GPU and TPU, fused
+        elsewhere. Fused and scan give the same spikes and membrane, bit for bit under ``jit``;
+        all three give the same gradients up to float rounding. To recompute more than the
+        neuron (the convolutions too), wrap whole layers in ``jax.checkpoint``, as the models'
+        ``remat=True`` does.
 
     Returns:
       The spikes o, ``(T, ..., C)`` in ``x``'s dtype; with ``return_membrane``, ``(o, u)`` where u
@@ -538,138 +545,330 @@ def glif(
 
 
 def _glif_scan(x, coeffs, surrogate, detach_reset):
-    step = functools.partial(
-        glif_step, coeffs=coeffs, surrogate=surrogate, detach_reset=detach_reset
-    )
+    def step(state, inputs):
+        state, spike = glif_step(
+            state, inputs, coeffs, surrogate=surrogate, detach_reset=detach_reset
+        )
+        return state, (spike, state.membrane)
+
     state = init_state(x.shape[1:], coeffs.v_th.dtype)
     _, (spikes, membrane) = jax.lax.scan(
-        lambda s, inp: (lambda new, o: (new, (o, new.membrane)))(*step(s, inp)),
+        step,
         state,
         (x.astype(coeffs.v_th.dtype), coeffs.input_scale),
+        # Unrolled for the short T of vision networks, so that XLA fuses across time steps.
+        unroll=x.shape[0] <= _UNROLL_MAX_T,
     )
     return spikes.astype(x.dtype), membrane
 
 
 # ------------------------------------------------------------------------------------------------
 # The fused path: one custom VJP over the whole time loop.
+#
+# The forward pass keeps only x; the backward pass recomputes the membrane from it and computes
+# the gradients of x and of every coefficient in one reverse pass. The step helpers below are
+# elementwise over neurons, so the same code serves the unrolled path, the long-T scan and the
+# Pallas kernel (glif_jax.pallas_glif), whose operands are (rows, channels) tiles.
+#
+# How the unrolled backward pass is laid out, and why. XLA emits each result of a fusion as its own
+# loop over memory that recomputes the elementwise work it needs (on the CPU it neither merges
+# sibling results into one loop nor runs the operands of a concatenation in one loop), and writing
+# a fresh full-size buffer costs several times more than reading one. So:
+#   1. dx_t = gu_t·s_t, all t in one concatenation that recomputes both recurrences from x and the
+#      cotangents: the only full-size write;
+#   2. the per-channel sums of the terms that need the membrane (decay, hard and soft reset,
+#      threshold) come in complex pairs, one loop per pair, each term first summed over J groups
+#      of neurons inside its loop, so that each loop writes N/J rows, not N;
+#   3. the sums that need only gu_t (leak, input scale) use dx_t = gu_t·s_t with s_t per channel:
+#      Σ_n gu_t·f = (Σ_n dx_t·f)/s_t, two plain reductions of dx at memory speed. Where dx is
+#      rounded to a narrower dtype than the arithmetic, or some |s| is small enough for gu_t·s_t to
+#      underflow, gu_t is recomputed instead, one step at a time (slower, but only then).
+# For T > 8 (_UNROLL_MAX_T) the time loop is a lax.scan in both directions.
+
+_MAX_GROUPS = 8  # neurons summed inside the loops of step 2: each writes at most N/8 rows.
+_MIN_INPUT_SCALE = 2.0**-20  # below it, step 3 does not divide by the input scale.
+# The per-neuron gradient terms, summed over time, in this order; then gu_t·x_t for every t.
+_MEMBRANE_TERMS = ("decay", "hard_reset", "soft_reset", "v_th")
+_TERMS = (*_MEMBRANE_TERMS, "leak")
 
 
-def _forward_trace(x, coeffs):
-    """Membrane u_t and spikes o_t for every t, ``(T, ..., C)`` each, in the compute dtype."""
+def _forward_step(u_prev, o_prev, x_t, input_scale_t, coeffs: GLIFCoefficients):
+    """One step of the forward recurrence, in the compute dtype: ``(u_t, o_t)``."""
+    u = _membrane_update(u_prev, o_prev, x_t.astype(coeffs.v_th.dtype), input_scale_t, coeffs)
+    return u, (u - coeffs.v_th > 0).astype(u.dtype)
+
+
+def _reverse_step(gu_next, u, o, g_spike, g_membrane, coeffs: GLIFCoefficients, surrogate, detach):
+    """One step of the reverse recurrence: ``(gu_t, gv_t)``, the gradients w.r.t. u_t and w.r.t.
+    the threshold's argument u_t − V_th.
+
+    ``gu_next`` is the gradient w.r.t. u_{t+1} (``None`` after the last step); ``g_spike`` and
+    ``g_membrane`` are the cotangents of o_t and u_t (``g_membrane`` may be ``None``).
+    """
+    c = coeffs
+    g_o = g_spike
+    if gu_next is not None and not detach:
+        # o_t also reaches u_{t+1}, through both reset terms.
+        g_o = g_o + gu_next * (-(c.decay * u * c.hard_reset) - c.soft_reset)
+    g_v = g_o * surrogate.derivative(u - c.v_th)
+    g_u = g_v
+    if gu_next is not None:
+        g_u = g_u + gu_next * (c.decay * (1 - c.hard_reset * o))
+    if g_membrane is not None:
+        g_u = g_u + g_membrane
+    return g_u, g_v
+
+
+def _step_terms(g_u, g_v, u_prev, o_prev, coeffs: GLIFCoefficients):
+    """Per-neuron gradient terms of one step, in the order of ``_TERMS``, before their sign.
+
+    ``u_prev`` and ``o_prev`` are ``None`` at t = 0, where the decay and reset terms vanish.
+    """
+    if u_prev is None:
+        return (None, None, None, g_v, g_u)
+    return (
+        g_u * (u_prev * (1 - coeffs.hard_reset * o_prev)),
+        g_u * (u_prev * o_prev),
+        g_u * o_prev,
+        g_v,
+        g_u,
+    )
+
+
+def _forward_trace(xs, coeffs: GLIFCoefficients):
+    """Lists ``us, os`` over time: the membrane and the spikes for the per-step inputs ``xs``."""
+    u = o = jnp.zeros(jnp.shape(xs[0]), coeffs.v_th.dtype)
+    us, os = [], []
+    for t, x_t in enumerate(xs):
+        u, o = _forward_step(u, o, x_t, coeffs.input_scale[t], coeffs)
+        us.append(u)
+        os.append(o)
+    return us, os
+
+
+def _reverse_trace(us, os, g_spikes, g_membranes, coeffs, surrogate, detach):
+    """Lists ``gus, gvs`` over time, from per-step lists (``g_membranes`` may be ``None``)."""
     dtype = coeffs.v_th.dtype
-    steps = x.shape[0]
+    gus, gvs = [None] * len(us), [None] * len(us)
+    g_u = None
+    for t in reversed(range(len(us))):
+        g_membrane = None if g_membranes is None else g_membranes[t].astype(dtype)
+        g_spike = g_spikes[t].astype(dtype)
+        g_u, gvs[t] = _reverse_step(
+            g_u, us[t], os[t], g_spike, g_membrane, coeffs, surrogate, detach
+        )
+        gus[t] = g_u
+    return gus, gvs
 
+
+def _trace_terms(xs, us, os, gus, gvs, coeffs: GLIFCoefficients):
+    """Every per-neuron gradient term, summed over time, from the per-step lists of both traces.
+
+    Returns:
+      The ``_TERMS``, then gu_t·x_t for every t: a list of arrays shaped like one step of ``xs``.
+    """
+    sums = [None] * len(_TERMS)
+    for t in range(len(xs)):
+        prev = (us[t - 1], os[t - 1]) if t > 0 else (None, None)
+        for k, term in enumerate(_step_terms(gus[t], gvs[t], *prev, coeffs)):
+            if term is not None:
+                sums[k] = term if sums[k] is None else sums[k] + term
+    sums = [jnp.zeros_like(us[0]) if s is None else s for s in sums]
+    dtype = coeffs.v_th.dtype
+    return sums + [g_u * x_t.astype(dtype) for g_u, x_t in zip(gus, xs, strict=True)]
+
+
+def _gradient_terms(xs, g_spikes, g_membranes, coeffs: GLIFCoefficients, surrogate, detach):
+    """:func:`_trace_terms` from x and the output cotangents, both traces recomputed."""
+    us, os = _forward_trace(xs, coeffs)
+    gus, gvs = _reverse_trace(us, os, g_spikes, g_membranes, coeffs, surrogate, detach)
+    return _trace_terms(xs, us, os, gus, gvs, coeffs)
+
+
+def _group_count(neurons: int) -> int:
+    """J, the largest divisor of the neuron count up to ``_MAX_GROUPS``."""
+    return max(d for d in range(1, _MAX_GROUPS + 1) if neurons % d == 0)
+
+
+def _summed_terms(x, g_spikes, g_membrane, coeffs: GLIFCoefficients, surrogate, detach, terms):
+    """The gradient terms ``terms`` (a slice of :func:`_gradient_terms`'s list) summed over every
+    neuron: ``(K, C)``, or ``(K,)`` for layer-wise coefficients.
+
+    Each term is first summed over J groups of adjacent neurons; terms go in complex pairs, so that
+    XLA computes two of them per loop and each loop writes ``(N/J, C)`` complex numbers.
+    """
+    steps, channels = x.shape[0], x.shape[-1]
+    groups = _group_count(math.prod(x.shape[1:-1]))
+
+    def group(a, j):
+        if a is None:
+            return None
+        a = a.reshape(steps, -1, groups, channels)
+        return [a[t, :, j] for t in range(steps)]
+
+    totals = None
+    for j in range(groups):
+        arrays = (group(x, j), group(g_spikes, j), group(g_membrane, j))
+        found = _gradient_terms(*arrays, coeffs, surrogate, detach)[terms]
+        totals = found if totals is None else [a + b for a, b in zip(totals, found, strict=True)]
+    count = len(totals)
+    if count % 2:
+        totals.append(jnp.zeros_like(totals[0]))
+    axes = tuple(range(totals[0].ndim - jnp.ndim(coeffs.v_th)))
+    sums = []
+    for real, imag in zip(totals[::2], totals[1::2], strict=True):
+        pair = jnp.sum(jax.lax.complex(real, imag), axis=axes)
+        sums += [jnp.real(pair), jnp.imag(pair)]
+    return jnp.stack(sums[:count])
+
+
+def _input_sums(gu_sums, gu_x_sums, inverse_scale):
+    """The leak and input-scale sums Σ gu_t and Σ gu_t·x_t, ``(1 + T, C)`` or ``(1 + T,)``, from
+    per-step sums of gu_t·k_t and gu_t·k_t·x_t, ``(T, C)`` or ``(T,)``, and 1/k_t alike."""
+    leak = jnp.sum(gu_sums * inverse_scale, axis=0)
+    return jnp.concatenate([leak[None], gu_x_sums * inverse_scale])
+
+
+def _input_sums_from_dx(dx, x, coeffs: GLIFCoefficients):
+    """:func:`_input_sums` with k_t = s_t: two reductions of the whole of dx (no per-step
+    slices, which XLA would copy before reducing)."""
+    dtype = coeffs.v_th.dtype
+    axes = tuple(range(1, x.ndim - jnp.ndim(coeffs.v_th)))
+    dx = dx.astype(dtype)
+    gu_sums = jnp.sum(dx, axis=axes)
+    gu_x_sums = jnp.sum(dx * x.astype(dtype), axis=axes)
+    return _input_sums(gu_sums, gu_x_sums, 1 / coeffs.input_scale)
+
+
+def _input_sums_from_steps(gus, xs, coeffs: GLIFCoefficients):
+    """:func:`_input_sums` with k_t = 1, from per-step lists of gu_t and x_t."""
+    dtype = coeffs.v_th.dtype
+    axes = tuple(range(jnp.ndim(gus[0]) - jnp.ndim(coeffs.v_th)))
+    gu_sums = jnp.stack([jnp.sum(g, axis=axes) for g in gus])
+    products = [jnp.sum(g * x.astype(dtype), axis=axes) for g, x in zip(gus, xs, strict=True)]
+    return _input_sums(gu_sums, jnp.stack(products), 1)
+
+
+def _coefficient_gradients(sums, coeffs: GLIFCoefficients) -> GLIFCoefficients:
+    """The coefficient gradients from the sums of the ``_TERMS`` and of gu_t·x_t."""
+    d_decay, d_hard, d_soft, d_vth, d_leak = (sums[k] for k in range(len(_TERMS)))
+    return GLIFCoefficients(
+        decay=d_decay,
+        leak=-d_leak,
+        hard_reset=-coeffs.decay * d_hard,
+        soft_reset=-d_soft,
+        v_th=-d_vth,
+        input_scale=sums[len(_TERMS) :],
+    )
+
+
+def _unrolled_forward(x, coeffs: GLIFCoefficients):
+    us, os = _forward_trace([x[t] for t in range(x.shape[0])], coeffs)
+    return jnp.stack(us), jnp.stack(os)
+
+
+def _unrolled_backward(x, coeffs, g_spikes, g_membrane, surrogate, detach):
+    def per_step(a):
+        return None if a is None else [a[t] for t in range(x.shape[0])]
+
+    def gradients_of_membrane():
+        us, os = _forward_trace(per_step(x), coeffs)
+        gus, _ = _reverse_trace(
+            us, os, per_step(g_spikes), per_step(g_membrane), coeffs, surrogate, detach
+        )
+        return gus
+
+    input_scale = coeffs.input_scale.reshape(_step_shape(coeffs, x.ndim))
+    dx = (jnp.stack(gradients_of_membrane()) * input_scale).astype(x.dtype)
+    membrane_sums = _summed_terms(
+        x, g_spikes, g_membrane, coeffs, surrogate, detach, slice(0, len(_MEMBRANE_TERMS))
+    )
+
+    def exact_input_sums():
+        # Recomputed here, one step at a time, so that only this rare branch writes gu.
+        return _input_sums_from_steps(gradients_of_membrane(), per_step(x), coeffs)
+
+    if x.dtype == coeffs.v_th.dtype:
+        usable = jnp.min(jnp.abs(coeffs.input_scale)) >= _MIN_INPUT_SCALE
+        # Inside the conditional, dx is an operand: XLA reads it rather than recomputing it.
+        input_sums = jax.lax.cond(
+            usable, lambda: _input_sums_from_dx(dx, x, coeffs), exact_input_sums
+        )
+    else:
+        input_sums = exact_input_sums()
+    return dx, _coefficient_gradients(jnp.concatenate([membrane_sums, input_sums]), coeffs)
+
+
+def _step_shape(coeffs: GLIFCoefficients, ndim: int) -> tuple[int, ...]:
+    """The shape that broadcasts ``input_scale`` against ``(T, ..., C)`` arrays of rank ``ndim``."""
+    return (-1,) + (1,) * (ndim - 1 - jnp.ndim(coeffs.v_th)) + jnp.shape(coeffs.v_th)
+
+
+def _scanned_forward(x, coeffs: GLIFCoefficients):
     def step(carry, inputs):
-        u_prev, o_prev = carry
-        x_t, scale_t = inputs
-        u = _membrane_update(u_prev, o_prev, x_t.astype(dtype), scale_t, coeffs)
-        o = (u - coeffs.v_th > 0).astype(dtype)
+        u, o = _forward_step(*carry, *inputs, coeffs)
         return (u, o), (u, o)
 
-    zeros = jnp.zeros(x.shape[1:], dtype)
-    if steps <= _UNROLL_MAX_T:
-        carry, us, os = (zeros, zeros), [], []
-        for t in range(steps):
-            carry, (u, o) = step(carry, (x[t], coeffs.input_scale[t]))
-            us.append(u)
-            os.append(o)
-        return jnp.stack(us), jnp.stack(os)
+    zeros = jnp.zeros(x.shape[1:], coeffs.v_th.dtype)
     _, (us, os) = jax.lax.scan(step, (zeros, zeros), (x, coeffs.input_scale))
     return us, os
 
 
-def _sum_to(value, like):
-    """Sum ``value`` (``(..., C)``) down to the shape of a coefficient (``(C,)`` or ``()``)."""
-    return jnp.sum(value, axis=tuple(range(value.ndim - jnp.ndim(like))))
-
-
-def _reverse_step(carry, inputs, coeffs: GLIFCoefficients, surrogate, detach_reset: bool, reduce):
-    """One step of the reverse pass through time.
-
-    ``carry`` is (gu_next, sums): the gradient w.r.t. u_{t+1} (zero after the last step) and the
-    running parameter-gradient sums. ``inputs`` holds x_t, u_t, o_t, u_{t−1}, o_{t−1}, the
-    cotangents of o_t and u_t, and input_scale_t. Returns the new carry and (dx_t, d input_scale_t).
-    """
-    c = coeffs
-    gu_next, (d_decay, d_leak, d_hard, d_soft, d_vth) = carry
-    x_t, u, o, u_prev, o_prev, g_spike, g_membrane, scale_t = inputs
-    # o_t reaches the loss directly and, through both reset terms, through u_{t+1}.
-    g_o = g_spike
-    if not detach_reset:
-        g_o = g_o + gu_next * (-(c.decay * u * c.hard_reset) - c.soft_reset)
-    g_v = g_o * surrogate.derivative(u - c.v_th)
-    g_u = g_v + gu_next * (c.decay * (1 - c.hard_reset * o)) + g_membrane
-    sums = (
-        d_decay + reduce(g_u * (u_prev * (1 - c.hard_reset * o_prev))),
-        d_leak - reduce(g_u),
-        d_hard - reduce(g_u * (c.decay * u_prev * o_prev)),
-        d_soft - reduce(g_u * o_prev),
-        d_vth - reduce(g_v),
-    )
-    return (g_u, sums), (g_u * scale_t, reduce(g_u * x_t))
-
-
-def _glif_fused_bwd_impl(x, coeffs, g_spikes, g_membrane, surrogate, detach_reset):
+def _scanned_backward(x, coeffs, g_spikes, g_membrane, surrogate, detach):
+    # Keeps the membrane trace (one full-size array) while it runs; spikes are read off it.
     dtype = coeffs.v_th.dtype
-    us, os = _forward_trace(x, coeffs)
-    reduce = functools.partial(_sum_to, like=coeffs.v_th)
-    zeros_c = jnp.zeros_like(coeffs.v_th)
-    zeros = jnp.zeros(x.shape[1:], dtype)
-    carry = (zeros, (zeros_c,) * 5)
-    g_spikes = g_spikes.astype(dtype)
-    g_membrane = jnp.zeros_like(us) if g_membrane is None else g_membrane.astype(dtype)
-    body = functools.partial(
-        _reverse_step, coeffs=coeffs, surrogate=surrogate, detach_reset=detach_reset, reduce=reduce
-    )
-    steps = x.shape[0]
-    u_prev = jnp.concatenate([zeros[None], us[:-1]]) if steps > _UNROLL_MAX_T else None
-    o_prev = jnp.concatenate([zeros[None], os[:-1]]) if steps > _UNROLL_MAX_T else None
-    if steps <= _UNROLL_MAX_T:
-        dx, d_scale = [None] * steps, [None] * steps
-        for t in reversed(range(steps)):
-            prev = (us[t - 1], os[t - 1]) if t > 0 else (zeros, zeros)
-            inputs = (
-                x[t].astype(dtype),
-                us[t],
-                os[t],
-                *prev,
-                g_spikes[t],
-                g_membrane[t],
-                coeffs.input_scale[t],
-            )
-            carry, (dx[t], d_scale[t]) = body(carry, inputs)
-        dx, d_scale = jnp.stack(dx), jnp.stack(d_scale)
-    else:
-        inputs = (x.astype(dtype), us, os, u_prev, o_prev, g_spikes, g_membrane, coeffs.input_scale)
-        carry, (dx, d_scale) = jax.lax.scan(body, carry, inputs, reverse=True)
-    d_decay, d_leak, d_hard, d_soft, d_vth = carry[1]
-    d_coeffs = GLIFCoefficients(
-        decay=d_decay,
-        leak=d_leak,
-        hard_reset=d_hard,
-        soft_reset=d_soft,
-        v_th=d_vth,
-        input_scale=d_scale,
-    )
-    return dx.astype(x.dtype), d_coeffs
+    us, _ = _scanned_forward(x, coeffs)
+    axes = tuple(range(x.ndim - 1 - jnp.ndim(coeffs.v_th)))
+
+    def spike(u):
+        return (u - coeffs.v_th > 0).astype(dtype)
+
+    def step(carry, inputs):
+        gu_next, sums = carry
+        t, x_t, u, g_spike, g_membrane, input_scale_t = inputs
+        g_u, g_v = _reverse_step(
+            gu_next, u, spike(u), g_spike.astype(dtype), g_membrane, coeffs, surrogate, detach
+        )
+        # u_{t−1} and o_{t−1}; at t = 0 they are 0, which the mask below restores.
+        u_prev = jax.lax.dynamic_index_in_dim(us, jnp.maximum(t - 1, 0), keepdims=False)
+        u_prev = jnp.where(t > 0, u_prev, 0)
+        o_prev = jnp.where(t > 0, spike(u_prev), 0)
+        terms = _step_terms(g_u, g_v, u_prev, o_prev, coeffs)
+        sums = tuple(s + jnp.sum(term, axis=axes) for s, term in zip(sums, terms, strict=True))
+        return (g_u, sums), (g_u * input_scale_t, jnp.sum(g_u * x_t.astype(dtype), axis=axes))
+
+    g_membrane = None if g_membrane is None else g_membrane.astype(dtype)
+    steps = jnp.arange(x.shape[0])
+    inputs = (steps, x, us, g_spikes, g_membrane, coeffs.input_scale)
+    carry = (jnp.zeros(x.shape[1:], dtype), (jnp.zeros_like(coeffs.v_th),) * len(_TERMS))
+    (_, sums), (dx, input_sums) = jax.lax.scan(step, carry, inputs, reverse=True)
+    sums = jnp.concatenate([jnp.stack(sums), input_sums])
+    return dx.astype(x.dtype), _coefficient_gradients(sums, coeffs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _glif_fused(x, coeffs, surrogate, detach_reset, return_membrane):
-    us, os = _forward_trace(x, coeffs)
+def _fused_forward(x, coeffs: GLIFCoefficients, return_membrane: bool):
+    unrolled = x.shape[0] <= _UNROLL_MAX_T
+    us, os = (_unrolled_forward if unrolled else _scanned_forward)(x, coeffs)
     spikes = os.astype(x.dtype)
     return (spikes, us) if return_membrane else spikes
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _glif_fused(x, coeffs, surrogate, detach_reset, return_membrane):
+    return _fused_forward(x, coeffs, return_membrane)
+
+
 def _glif_fused_fwd(x, coeffs, surrogate, detach_reset, return_membrane):
     # Only the input is kept: the backward pass recomputes the membrane from it.
-    return _glif_fused(x, coeffs, surrogate, detach_reset, return_membrane), (x, coeffs)
+    return _fused_forward(x, coeffs, return_membrane), (x, coeffs)
 
 
 def _glif_fused_bwd(surrogate, detach_reset, return_membrane, residuals, cotangents):
     x, coeffs = residuals
     g_spikes, g_membrane = cotangents if return_membrane else (cotangents, None)
-    return _glif_fused_bwd_impl(x, coeffs, g_spikes, g_membrane, surrogate, detach_reset)
+    unrolled = x.shape[0] <= _UNROLL_MAX_T
+    backward = _unrolled_backward if unrolled else _scanned_backward
+    return backward(x, coeffs, g_spikes, g_membrane, surrogate, detach_reset)
 
 
 _glif_fused.defvjp(_glif_fused_fwd, _glif_fused_bwd)

@@ -1,0 +1,64 @@
+"""Smoke test of the benchmark suite at toy sizes: it runs, writes its tables, and the numbers
+that do not depend on timing are right."""
+
+import json
+
+import pytest
+
+from experiments.benchmarks import __main__ as benchmarks
+
+
+def test_quick_suite_writes_glif_and_residual_tables(tmp_path):
+    argv = ["--quick", "--parts", "glif,residuals", "--time-steps", "2", "--out", str(tmp_path)]
+    results = benchmarks.main(argv)
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["parts"].keys() == {"glif", "residuals"}
+    assert "| copy (ceiling) |" in (tmp_path / "results.md").read_text()
+    assert {"cpu", "cores", "jax", "backend"} <= written["machine"].keys()
+
+    glif = {(r["dtype"], r["implementation"]): r for r in results["parts"]["glif"]}
+    assert {("float32", "scan"), ("float32", "fused"), ("bfloat16", "fused")} <= glif.keys()
+    assert all(r["best_ms"] > 0 and r["of_ceiling"] > 0 for r in glif.values())
+
+    rows = written["parts"]["residuals"]
+    kept = {(r["choice"], r["dtype"]): r["bytes_per_neuron_step"] for r in rows}
+    assert kept["fused", "float32"] == 4 and kept["fused", "bfloat16"] == 2
+    assert kept["pallas", "float32"] == 4
+    assert kept["scan under jax.checkpoint", "float32"] == 4
+    assert kept["scan (plain autodiff)", "float32"] > 4
+
+
+@pytest.mark.slow
+def test_quick_suite_measures_training_with_and_without_recomputation(tmp_path):
+    results = benchmarks.main(["--quick", "--parts", "training", "--out", str(tmp_path)])
+    rows = results["parts"]["training"]
+    assert [r["remat"] for r in rows] == [False, True]
+    assert all(r["loss_finite"] and r["images/s"] > 0 and r["peak_MiB"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("layout", ["reference", "channel_last"])
+def test_pytorch_loops_compute_the_gradients_of_glif(layout):
+    # The benchmark's baselines must time the same operation: spikes and every gradient.
+    torch = pytest.importorskip("torch")
+    import jax
+    import numpy as np
+
+    from experiments.benchmarks import glif_speed, torch_glif
+    from glif_jax import neuron
+
+    params, x, g = glif_speed.inputs(4, (2, 3, 5, 6), np.float32)
+    spikes, vjp = jax.vjp(lambda p, x: neuron.glif(p, x, implementation="scan"), params, x)
+    grad_params, grad_x = vjp(g)
+
+    raw, tx, tg = torch_glif.make_inputs(torch, np.asarray(x), np.asarray(g), params, layout)
+    got = torch_glif.forward_backward(torch, raw, tx, tg, layout).detach().numpy()
+    got_dx = tx.grad.numpy()
+    if layout == "reference":  # back from (T, B, C, H, W)
+        got, got_dx = np.moveaxis(got, 2, -1), np.moveaxis(got_dx, 2, -1)
+    np.testing.assert_array_equal(got, spikes)
+    assert 0 < got.mean() < 1
+    np.testing.assert_allclose(got_dx, grad_x, rtol=1e-5, atol=1e-6)
+    names = {"Vth": "v_th", "reVth": "v_reset"}
+    for name, tensor in raw.items():
+        want = getattr(grad_params, names.get(name, name))
+        np.testing.assert_allclose(tensor.grad.numpy(), want, rtol=1e-4, atol=1e-5, err_msg=name)

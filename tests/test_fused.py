@@ -1,0 +1,103 @@
+"""The fused path's backward pass against plain autodiff of the scan, in the cases it treats apart:
+long sequences (the scanned backward), a vanishing input scale and narrow inputs (the sums that do
+not divide by the input scale), and neuron counts without small divisors (the grouped sums)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from glif_jax import neuron, surrogates
+from tests.test_neuron import random_input, random_params
+
+
+def _gradients(params, x, implementation, *, membrane_cotangent, **options):
+    weights = jnp.asarray(np.random.default_rng(1).normal(size=x.shape), jnp.float32)
+
+    def loss(params, x):
+        spikes, membrane = neuron.glif(
+            params, x, return_membrane=True, implementation=implementation, **options
+        )
+        value = jnp.sum(spikes.astype(jnp.float32) * weights)
+        return value + jnp.sum(jnp.sin(membrane)) if membrane_cotangent else value
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+
+
+def _assert_fused_matches_scan(params, x, rtol, **options):
+    want = _gradients(params, x, "scan", **options)
+    got = _gradients(params, x, "fused", **options)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * (np.abs(a).max() + 1))
+    return got
+
+
+@pytest.mark.parametrize("membrane_cotangent", [False, True])
+@pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.parametrize("channel_wise", [True, False])
+def test_long_sequences_match_scan_in_float64(channel_wise, detach_reset, membrane_cotangent):
+    # T = 12 > 8 takes the scanned backward pass.
+    rng = np.random.default_rng(2)
+    with jax.enable_x64(True):
+        params = random_params(rng, 5 if channel_wise else None, 12, dtype=np.float64)
+        x = random_input(rng, (12, 3, 5), np.float64)
+        _assert_fused_matches_scan(
+            params,
+            x,
+            1e-10,
+            detach_reset=detach_reset,
+            membrane_cotangent=membrane_cotangent,
+            surrogate=surrogates.atan(),
+        )
+
+
+@pytest.mark.parametrize("channel_wise", [True, False])
+def test_vanishing_input_scale_keeps_exact_input_gradients(channel_wise):
+    # GLIF_f's input scale is σ(conduct): at conduct = -30 it is ~1e-13, where dx_t = gu_t·s_t
+    # cannot give back gu_t; the gradients of conduct there must still be right.
+    rng = np.random.default_rng(3)
+    params = random_params(rng, 6 if channel_wise else None, 4, mode="fused")
+    params = params.replace(conduct=params.conduct.at[1].set(-30.0))
+    x = random_input(rng, (4, 7, 6))
+    assert float(jnp.min(neuron.coefficients(params, "fused").input_scale)) < 2.0**-20
+    grads = _assert_fused_matches_scan(params, x, 1e-5, mode="fused", membrane_cotangent=True)
+    assert float(jnp.abs(grads[0].conduct[1]).max()) > 0
+
+
+def test_bfloat16_inputs_give_the_gradients_of_scan():
+    rng = np.random.default_rng(4)
+    params = random_params(rng, 6, 4)
+    x = random_input(rng, (4, 9, 6)).astype(jnp.bfloat16)
+    grads = _assert_fused_matches_scan(params, x, 2e-5, membrane_cotangent=True)
+    assert grads[1].dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("neurons", [17, 210, 1])
+def test_neuron_counts_without_small_divisors_match_scan(neurons):
+    # 17 is prime (one group), 210 = 30·7 (seven groups), 1 neuron per channel: (T, C) inputs.
+    rng = np.random.default_rng(5)
+    params = random_params(rng, 3, 4)
+    shape = (4, neurons, 3) if neurons > 1 else (4, 3)
+    _assert_fused_matches_scan(params, random_input(rng, shape), 2e-5, membrane_cotangent=False)
+
+
+def test_fused_backward_needs_a_fraction_of_the_scratch_of_scan():
+    # The parameter sums run off x and the cotangent without a stored trace; the scan's backward
+    # pass keeps per-step residuals of several arrays of x's size.
+    params = neuron.init_params(64, 4, key=jax.random.key(0))
+    x = jnp.zeros((4, 8, 16, 16, 64))
+    g = jnp.zeros_like(x)
+
+    def scratch(implementation):
+        def backward(params, x, g):
+            layer = functools.partial(neuron.glif, implementation=implementation)
+            return jax.vjp(layer, params, x)[1](g)
+
+        compiled = jax.jit(backward).lower(params, x, g).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    assert scratch("fused") <= 1.5 * x.nbytes
+    assert scratch("scan") >= 2 * x.nbytes
