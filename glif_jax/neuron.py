@@ -508,8 +508,8 @@ def glif(
         in Pallas's interpreter, for testing). ``"auto"``: Pallas on GPU and TPU, fused
         elsewhere. Fused and scan give the same spikes and membrane, bit for bit under ``jit``;
         all three give the same gradients up to float rounding. To recompute more than the
-        neuron (the convolutions too), wrap whole layers in ``jax.checkpoint``, as the models'
-        ``remat=True`` does.
+        neuron (the convolutions too), wrap whole layers in :func:`glif_jax.nn.recompute`, as
+        the models' ``remat=True`` does.
 
     Returns:
       The spikes o, ``(T, ..., C)`` in ``x``'s dtype; with ``return_membrane``, ``(o, u)`` where u
