@@ -85,6 +85,10 @@ LEAK_REFERENCE = 0.0625
 _GATE_FIELDS = ("alpha", "beta", "gamma")
 _FIELDS = ("alpha", "beta", "gamma", "tau", "v_th", "leak", "v_reset", "conduct")
 _UNROLL_MAX_T = 8  # vision networks use T ≤ 8: unrolled, XLA fuses every step into one pass.
+# Backends on which implementation="auto" picks the Pallas kernel. Empty until the kernel has been
+# compiled and checked against the scan path on a GPU and a TPU; so far it has been run only in
+# Pallas's interpreter, so "auto" is the fused path everywhere.
+_PALLAS_BY_DEFAULT: tuple[str, ...] = ()
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=list(_FIELDS), meta_fields=[])
@@ -505,11 +509,12 @@ def glif(
         ``lax.scan`` of :func:`glif_step` under plain autodiff, which stores the per-step
         residuals (12 bytes, in float32 whatever the input): the reference path. ``"pallas"``:
         the kernels of :mod:`glif_jax.pallas_glif`, keeping ``x`` like fused (on the CPU they run
-        in Pallas's interpreter, for testing). ``"auto"``: Pallas on GPU and TPU, fused
-        elsewhere. Fused and scan give the same spikes and membrane, bit for bit under ``jit``;
-        all three give the same gradients up to float rounding. To recompute more than the
-        neuron (the convolutions too), wrap whole layers in :func:`glif_jax.nn.recompute`, as
-        the models' ``remat=True`` does.
+        in Pallas's interpreter, for testing; verified so far only there). ``"auto"``: fused, on
+        every backend until the Pallas kernel has been verified on a GPU and a TPU. Fused and
+        scan give the same spikes and membrane, bit for bit under ``jit``; all three give the
+        same gradients up to float rounding. To recompute more than the neuron (the
+        convolutions too), wrap whole layers in :func:`glif_jax.nn.recompute`, as the models'
+        ``remat=True`` does.
 
     Returns:
       The spikes o, ``(T, ..., C)`` in ``x``'s dtype; with ``return_membrane``, ``(o, u)`` where u
@@ -533,7 +538,7 @@ def glif(
     compute_dtype = jnp.float64 if bits > 32 else jnp.float32
     coeffs = jax.tree.map(lambda c: c.astype(compute_dtype), coeffs)
     if implementation == "auto":
-        implementation = "pallas" if jax.default_backend() in ("gpu", "tpu") else "fused"
+        implementation = "pallas" if jax.default_backend() in _PALLAS_BY_DEFAULT else "fused"
     if implementation == "scan":
         spikes, membrane = _glif_scan(x, coeffs, surrogate, detach_reset)
         return (spikes, membrane) if return_membrane else spikes

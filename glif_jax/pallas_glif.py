@@ -1,7 +1,8 @@
 """GLIF over time as a Pallas kernel, forward and backward (GPU through Triton, TPU through Mosaic).
 
-:func:`glif_jax.neuron.glif` calls :func:`glif_pallas` with ``implementation="pallas"``, and with
-``"auto"`` on GPU and TPU. The kernels run the same step functions as the fused XLA path
+:func:`glif_jax.neuron.glif` calls :func:`glif_pallas` with ``implementation="pallas"`` (not yet
+with ``"auto"``, which stays on the fused XLA path until the kernels have run on a GPU and a
+TPU). The kernels run the same step functions as the fused XLA path
 (``glif_jax.neuron._forward_step`` and friends), on tiles of neurons:
 
 * the input ``(T, ..., C)`` is viewed as ``(T, R, C)``, R the neurons of one channel, and padded
