@@ -370,13 +370,17 @@ class Checkpoints:
 
     def __init__(self, workdir: Path, max_to_keep: int):
         root = (workdir / "checkpoints").absolute()
-        self.latest = ocp.CheckpointManager(
-            root / "latest",
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        )
-        self.best = ocp.CheckpointManager(
-            root / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-        )
+
+        def options(name: str, max_to_keep: int) -> ocp.CheckpointManagerOptions:
+            # Each manager its own barrier keys: the two save the same step numbers, and with
+            # shared keys one save's cross-process barrier could be met by the other's.
+            multiprocessing = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+            return ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, multiprocessing_options=multiprocessing
+            )
+
+        self.latest = ocp.CheckpointManager(root / "latest", options=options("latest", max_to_keep))
+        self.best = ocp.CheckpointManager(root / "best", options=options("best", 1))
 
     @staticmethod
     def _save(manager, state: TrainState, meta: dict) -> None:
@@ -390,10 +394,15 @@ class Checkpoints:
             ),
         )
 
+    # One manager's save in flight at a time, so that every process meets the barriers of the
+    # two managers' background threads in one order.
+
     def save_latest(self, state: TrainState, meta: dict) -> None:
+        self.best.wait_until_finished()
         self._save(self.latest, state, meta)
 
     def save_best(self, state: TrainState, meta: dict) -> None:
+        self.latest.wait_until_finished()
         self._save(self.best, state, meta)
 
     def restore(
