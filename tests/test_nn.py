@@ -202,6 +202,20 @@ def test_recompute_makes_a_non_finite_output_gradient_nan():
     assert np.isnan(grad["conv"]["kernel"][...]).all()
 
 
+def test_recompute_puts_no_conditional_around_the_recomputed_layer():
+    # XLA:CPU runs a convolution's weight gradient inside a conditional branch ~100x slower.
+    conv = nnx.Conv(4, 4, (3, 3), rngs=nnx.Rngs(0))
+    x = jnp.ones((2, 8, 8, 4))
+    graph, params = nnx.split(conv, nnx.Param)
+
+    def loss(params, weights):  # weights an argument, so that XLA cannot fold the gradient
+        return jnp.sum(nn.recompute(nnx.merge(graph, params), x) * weights)
+
+    hlo = jax.jit(jax.grad(loss)).lower(params, x).compile().as_text()
+    assert "convolution(" in hlo
+    assert "conditional(" not in hlo
+
+
 def test_recompute_lowers_the_compiled_peak_memory():
     blocks = [_Block(nnx.Rngs(i)) for i in range(6)]
     x = jnp.ones((3, 16, 16, 16, 4))
