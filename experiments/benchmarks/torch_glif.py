@@ -1,5 +1,5 @@
-"""The GLIF layer as the reference runs it: a per-step PyTorch loop of the spec's equations
-(shared/spec/reference.md §1.3-§1.4), differentiated by autograd. Benchmark-only; needs torch.
+"""The GLIF layer as the reference runs it: a per-step PyTorch loop of the reference
+specification's equations (§1.3-§1.4), differentiated by autograd. Benchmark-only; needs torch.
 
 Channel-wise, soft gates, the rectangle surrogate, the reset not detached. Two layouts:
 
