@@ -41,9 +41,10 @@ _NOTES = {
         "size in the closure of `jax.vjp`, the input x included when kept)."
     ),
     "training": (
-        "One SGD step on random images; `temp_MiB` is XLA's scratch for the step (mostly the "
-        "activations kept for the backward pass), `peak_MiB` adds the unaliased arguments and "
-        "outputs; `peak_vs_no_remat` is peak memory over that of the same T without "
+        "One step of the training recipe (`experiments.train.train_step`: SGD with momentum, "
+        "three parameter groups) on random images; `temp_MiB` is XLA's scratch for the step "
+        "(mostly the activations kept for the backward pass), `peak_MiB` adds the unaliased "
+        "arguments and outputs; `peak_vs_no_remat` is peak memory over that of the same T without "
         "recomputation."
     ),
 }

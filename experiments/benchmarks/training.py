@@ -1,40 +1,26 @@
 """Training-step throughput, compile time and memory of a spiking network (ResNet-19 by default),
 with and without recomputation (the models' ``remat=True``).
 
-One SGD step on random images: forward, backward through every GLIF layer and BatchNorm, and the
-update, jitted with the parameters, statistics and optimizer state donated. Memory is XLA's own
-account of the compiled step (``memory_analysis()``): ``temp`` is the scratch the step needs
-beyond its inputs and outputs, mostly the activations kept for the backward pass; ``peak`` adds
-the arguments and outputs that are not aliased.
+The step is the project's own (:func:`experiments.train.train_step` on the state of
+:func:`experiments.train.create_train_state`, the reference's recipe of ``experiments/configs``),
+on random images, jitted with the state donated. Memory is XLA's own account of the compiled
+step (``memory_analysis()``): ``temp`` is the scratch the step needs beyond its inputs and
+outputs, mostly the activations kept for the backward pass; ``peak`` adds the arguments and
+outputs that are not aliased.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
-import optax
-from flax import nnx
 
+from experiments import train
 from experiments.benchmarks import timing
-from glif_jax import models
-
-
-def _train_step(graphdef, optimizer):
-    def step(params, rest, opt_state, images, labels):
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, rest, copy=True)
-            logits = model(images)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, nnx.state(model, nnx.Not(nnx.Param))
-
-        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), rest, opt_state, loss
-
-    return step
+from experiments.configs.base import base_config
 
 
 def measure_one(
@@ -55,31 +41,30 @@ def measure_one(
       image_shape: ``(H, W, C)`` of an image.
       repeats: timed steps after the first (which is not timed).
     """
-    net = models.create(
-        model,
-        num_classes=10,
-        time_steps=time_steps,
-        rngs=nnx.Rngs(0),
-        remat=remat,
-        in_channels=image_shape[-1],
+    config = base_config()
+    config.model, config.time_steps, config.batch_size = model, time_steps, batch
+    config.model_options.remat = remat
+    config.model_options.in_channels = image_shape[-1]
+    graphs, state, tx = train.create_train_state(config, num_classes=10, steps_per_epoch=1)
+    step = jax.jit(
+        functools.partial(train.train_step, graph=graphs.train, tx=tx, config=config),
+        donate_argnums=0,
     )
-    graphdef, params, rest = nnx.split(net, nnx.Param, ...)
-    optimizer = optax.sgd(0.1, momentum=0.9)
-    opt_state = optimizer.init(params)
-    images = jax.random.normal(jax.random.key(1), (batch, *image_shape))
-    labels = jax.random.randint(jax.random.key(2), (batch,), 0, 10)
-    step = jax.jit(_train_step(graphdef, optimizer), donate_argnums=(0, 1, 2))
+    batch_data = {
+        "image": jax.random.normal(jax.random.key(1), (batch, *image_shape)),
+        "label": jax.random.randint(jax.random.key(2), (batch,), 0, 10),
+    }
 
     start = time.perf_counter()
-    compiled = step.lower(params, rest, opt_state, images, labels).compile()
+    compiled = step.lower(state, batch_data).compile()
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
 
     times = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        params, rest, opt_state, loss = compiled(params, rest, opt_state, images, labels)
-        jax.block_until_ready(loss)
+        state, metrics = compiled(state, batch_data)
+        jax.block_until_ready(metrics["loss"])
         if i:
             times.append(time.perf_counter() - start)
     best = min(times)
@@ -101,7 +86,7 @@ def measure_one(
         "images/s": batch / best,
         "temp_MiB": memory.temp_size_in_bytes / 2**20,
         "peak_MiB": peak / 2**20,
-        "loss_finite": bool(jnp.isfinite(loss)),
+        "loss_finite": bool(jnp.isfinite(metrics["loss"])),
     }
 
 
