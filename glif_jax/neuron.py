@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
@@ -581,34 +582,41 @@ def _glif_scan(x, coeffs, surrogate, detach_reset):
 # a fresh full-size buffer costs several times more than reading one. So:
 #   1. dx_t = gu_t·s_t, all t in one concatenation that recomputes both recurrences from x and the
 #      cotangents: the only full-size write;
-#   2. the per-channel sums of the terms that need the membrane (decay, hard and soft reset,
-#      threshold) come in complex pairs, one loop per pair, each term first summed over J groups
-#      of neurons inside its loop, so that each loop writes N/J rows, not N;
-#   3. the sums that need only gu_t (leak, input scale) use dx_t = gu_t·s_t with s_t per channel:
-#      Σ_n gu_t·f = (Σ_n dx_t·f)/s_t, two plain reductions of dx at memory speed. Where dx is
-#      rounded to a narrower dtype than the arithmetic, or some |s| is small enough for gu_t·s_t to
-#      underflow, gu_t is recomputed instead, one step at a time (slower, but only then).
+#   2. the per-channel sums of every parameter's terms: on the CPU in one loop over the neurons
+#      (two for T > 6) that computes both recurrences once per neuron and every term from them,
+#      see _sums_in_loops; elsewhere one reduction per term, which XLA fuses into one kernel.
 # For T > 8 (_UNROLL_MAX_T) the time loop is a lax.scan in both directions.
 
 _MAX_GROUPS = 8  # neurons summed inside the loops of step 2: each writes at most N/8 rows.
-_MIN_INPUT_SCALE = 2.0**-20  # below it, step 3 does not divide by the input scale.
+_MAX_TERMS_PER_LOOP = 11  # beyond it LLVM stops sharing the recurrences between the terms.
 # The per-neuron gradient terms, summed over time, in this order; then gu_t·x_t for every t.
 _MEMBRANE_TERMS = ("decay", "hard_reset", "soft_reset", "v_th")
 _TERMS = (*_MEMBRANE_TERMS, "leak")
 
 
 def _forward_step(u_prev, o_prev, x_t, input_scale_t, coeffs: GLIFCoefficients):
-    """One step of the forward recurrence, in the compute dtype: ``(u_t, o_t)``."""
-    u = _membrane_update(u_prev, o_prev, x_t.astype(coeffs.v_th.dtype), input_scale_t, coeffs)
-    return u, (u - coeffs.v_th > 0).astype(u.dtype)
+    """One step of the forward recurrence, in the compute dtype: ``(u_t, o_t)``, o_t boolean.
+
+    ``u_prev`` and ``o_prev`` are ``None`` at t = 0. The update is :func:`_membrane_update`'s own
+    expression, so that XLA contracts it into the same fused multiply-adds as on the scan path and
+    the membrane is bit-identical to it.
+    """
+    dtype = coeffs.v_th.dtype
+    if u_prev is None:
+        u_prev = o_prev = jnp.zeros(jnp.shape(x_t), dtype)
+    else:
+        o_prev = o_prev.astype(dtype)
+    u = _membrane_update(u_prev, o_prev, x_t.astype(dtype), input_scale_t, coeffs)
+    return u, u - coeffs.v_th > 0
 
 
 def _reverse_step(gu_next, u, o, g_spike, g_membrane, coeffs: GLIFCoefficients, surrogate, detach):
     """One step of the reverse recurrence: ``(gu_t, gv_t)``, the gradients w.r.t. u_t and w.r.t.
     the threshold's argument u_t − V_th.
 
-    ``gu_next`` is the gradient w.r.t. u_{t+1} (``None`` after the last step); ``g_spike`` and
-    ``g_membrane`` are the cotangents of o_t and u_t (``g_membrane`` may be ``None``).
+    ``gu_next`` is the gradient w.r.t. u_{t+1} (``None`` after the last step); ``o`` is the
+    boolean spike o_t; ``g_spike`` and ``g_membrane`` are the cotangents of o_t and u_t
+    (``g_membrane`` may be ``None``).
     """
     c = coeffs
     g_o = g_spike
@@ -618,7 +626,7 @@ def _reverse_step(gu_next, u, o, g_spike, g_membrane, coeffs: GLIFCoefficients, 
     g_v = g_o * surrogate.derivative(u - c.v_th)
     g_u = g_v
     if gu_next is not None:
-        g_u = g_u + gu_next * (c.decay * (1 - c.hard_reset * o))
+        g_u = g_u + gu_next * jnp.where(o, c.decay * (1 - c.hard_reset), c.decay)
     if g_membrane is not None:
         g_u = g_u + g_membrane
     return g_u, g_v
@@ -627,22 +635,23 @@ def _reverse_step(gu_next, u, o, g_spike, g_membrane, coeffs: GLIFCoefficients, 
 def _step_terms(g_u, g_v, u_prev, o_prev, coeffs: GLIFCoefficients):
     """Per-neuron gradient terms of one step, in the order of ``_TERMS``, before their sign.
 
-    ``u_prev`` and ``o_prev`` are ``None`` at t = 0, where the decay and reset terms vanish.
+    ``u_prev`` and ``o_prev`` (boolean) are ``None`` at t = 0, where the decay and reset terms
+    vanish. Products with a spike are selections, as o ∈ {0, 1}.
     """
     if u_prev is None:
         return (None, None, None, g_v, g_u)
     return (
-        g_u * (u_prev * (1 - coeffs.hard_reset * o_prev)),
-        g_u * (u_prev * o_prev),
-        g_u * o_prev,
+        g_u * jnp.where(o_prev, u_prev * (1 - coeffs.hard_reset), u_prev),
+        g_u * jnp.where(o_prev, u_prev, 0),
+        jnp.where(o_prev, g_u, 0),
         g_v,
         g_u,
     )
 
 
 def _forward_trace(xs, coeffs: GLIFCoefficients):
-    """Lists ``us, os`` over time: the membrane and the spikes for the per-step inputs ``xs``."""
-    u = o = jnp.zeros(jnp.shape(xs[0]), coeffs.v_th.dtype)
+    """Lists ``us, os`` over time: the membrane and the (boolean) spikes for the inputs ``xs``."""
+    u = o = None
     us, os = [], []
     for t, x_t in enumerate(xs):
         u, o = _forward_step(u, o, x_t, coeffs.input_scale[t], coeffs)
@@ -695,12 +704,24 @@ def _group_count(neurons: int) -> int:
     return max(d for d in range(1, _MAX_GROUPS + 1) if neurons % d == 0)
 
 
-def _summed_terms(x, g_spikes, g_membrane, coeffs: GLIFCoefficients, surrogate, detach, terms):
-    """The gradient terms ``terms`` (a slice of :func:`_gradient_terms`'s list) summed over every
-    neuron: ``(K, C)``, or ``(K,)`` for layer-wise coefficients.
+def _summed_terms(x, g_spikes, g_membrane, coeffs: GLIFCoefficients, surrogate, detach):
+    """Every term of :func:`_gradient_terms` summed over every neuron: ``(K, C)``, or ``(K,)`` for
+    layer-wise coefficients, K = ``len(_TERMS) + T``."""
+    args = (x, g_spikes, g_membrane, coeffs, surrogate, detach)
+    return jax.lax.platform_dependent(
+        cpu=lambda: _sums_in_loops(*args), default=lambda: _sums_per_term(*args)
+    )
 
-    Each term is first summed over J groups of adjacent neurons; terms go in complex pairs, so that
-    XLA computes two of them per loop and each loop writes ``(N/J, C)`` complex numbers.
+
+def _sums_in_loops(x, g_spikes, g_membrane, coeffs: GLIFCoefficients, surrogate, detach):
+    """:func:`_summed_terms` in few loops over the neurons, for XLA:CPU.
+
+    In each loop the terms go along a new minor axis, each chosen by that axis's index: the loop
+    over it is the innermost one and short, so LLVM unrolls it and computes the recurrences the
+    terms share once per neuron (``jnp.stack`` would be a concatenation: one loop, and one
+    recurrence, per term). Beyond ``_MAX_TERMS_PER_LOOP`` terms LLVM stops sharing them, so more
+    terms are split over several loops. Each loop iteration first sums J groups of neurons, so
+    each loop writes ``N/J`` rows.
     """
     steps, channels = x.shape[0], x.shape[-1]
     groups = _group_count(math.prod(x.shape[1:-1]))
@@ -711,47 +732,40 @@ def _summed_terms(x, g_spikes, g_membrane, coeffs: GLIFCoefficients, surrogate, 
         a = a.reshape(steps, -1, groups, channels)
         return [a[t, :, j] for t in range(steps)]
 
-    totals = None
-    for j in range(groups):
-        arrays = (group(x, j), group(g_spikes, j), group(g_membrane, j))
-        found = _gradient_terms(*arrays, coeffs, surrogate, detach)[terms]
-        totals = found if totals is None else [a + b for a, b in zip(totals, found, strict=True)]
-    count = len(totals)
-    if count % 2:
-        totals.append(jnp.zeros_like(totals[0]))
-    axes = tuple(range(totals[0].ndim - jnp.ndim(coeffs.v_th)))
+    count = len(_TERMS) + steps
+    loops = -(-count // _MAX_TERMS_PER_LOOP)
+    bounds = [round(i * count / loops) for i in range(loops + 1)]
     sums = []
-    for real, imag in zip(totals[::2], totals[1::2], strict=True):
-        pair = jnp.sum(jax.lax.complex(real, imag), axis=axes)
-        sums += [jnp.real(pair), jnp.imag(pair)]
-    return jnp.stack(sums[:count])
+    for first, stop in itertools.pairwise(bounds):
+        totals = None
+        for j in range(groups):
+            found = _gradient_terms(
+                group(x, j), group(g_spikes, j), group(g_membrane, j), coeffs, surrogate, detach
+            )[first:stop]
+            totals = (
+                found if totals is None else [a + b for a, b in zip(totals, found, strict=True)]
+            )
+        rows = totals[0].shape
+        term = jax.lax.broadcasted_iota(jnp.int32, (*rows, len(totals)), len(rows))
+        stacked = totals[-1][..., None]
+        for k in reversed(range(len(totals) - 1)):
+            stacked = jnp.where(term == k, totals[k][..., None], stacked)
+        axes = tuple(range(len(rows) - jnp.ndim(coeffs.v_th)))
+        sums.append(jnp.sum(stacked, axis=axes))
+    return jnp.moveaxis(jnp.concatenate(sums, axis=-1), -1, 0)
 
 
-def _input_sums(gu_sums, gu_x_sums, inverse_scale):
-    """The leak and input-scale sums Σ gu_t and Σ gu_t·x_t, ``(1 + T, C)`` or ``(1 + T,)``, from
-    per-step sums of gu_t·k_t and gu_t·k_t·x_t, ``(T, C)`` or ``(T,)``, and 1/k_t alike."""
-    leak = jnp.sum(gu_sums * inverse_scale, axis=0)
-    return jnp.concatenate([leak[None], gu_x_sums * inverse_scale])
+def _sums_per_term(x, g_spikes, g_membrane, coeffs: GLIFCoefficients, surrogate, detach):
+    """:func:`_summed_terms` as one reduction per term (XLA:GPU fuses sibling reductions)."""
 
+    def per_step(a):
+        return None if a is None else [a[t] for t in range(x.shape[0])]
 
-def _input_sums_from_dx(dx, x, coeffs: GLIFCoefficients):
-    """:func:`_input_sums` with k_t = s_t: two reductions of the whole of dx (no per-step
-    slices, which XLA would copy before reducing)."""
-    dtype = coeffs.v_th.dtype
-    axes = tuple(range(1, x.ndim - jnp.ndim(coeffs.v_th)))
-    dx = dx.astype(dtype)
-    gu_sums = jnp.sum(dx, axis=axes)
-    gu_x_sums = jnp.sum(dx * x.astype(dtype), axis=axes)
-    return _input_sums(gu_sums, gu_x_sums, 1 / coeffs.input_scale)
-
-
-def _input_sums_from_steps(gus, xs, coeffs: GLIFCoefficients):
-    """:func:`_input_sums` with k_t = 1, from per-step lists of gu_t and x_t."""
-    dtype = coeffs.v_th.dtype
-    axes = tuple(range(jnp.ndim(gus[0]) - jnp.ndim(coeffs.v_th)))
-    gu_sums = jnp.stack([jnp.sum(g, axis=axes) for g in gus])
-    products = [jnp.sum(g * x.astype(dtype), axis=axes) for g, x in zip(gus, xs, strict=True)]
-    return _input_sums(gu_sums, jnp.stack(products), 1)
+    terms = _gradient_terms(
+        per_step(x), per_step(g_spikes), per_step(g_membrane), coeffs, surrogate, detach
+    )
+    axes = tuple(range(terms[0].ndim - jnp.ndim(coeffs.v_th)))
+    return jnp.stack([jnp.sum(term, axis=axes) for term in terms])
 
 
 def _coefficient_gradients(sums, coeffs: GLIFCoefficients) -> GLIFCoefficients:
@@ -776,32 +790,14 @@ def _unrolled_backward(x, coeffs, g_spikes, g_membrane, surrogate, detach):
     def per_step(a):
         return None if a is None else [a[t] for t in range(x.shape[0])]
 
-    def gradients_of_membrane():
-        us, os = _forward_trace(per_step(x), coeffs)
-        gus, _ = _reverse_trace(
-            us, os, per_step(g_spikes), per_step(g_membrane), coeffs, surrogate, detach
-        )
-        return gus
-
-    input_scale = coeffs.input_scale.reshape(_step_shape(coeffs, x.ndim))
-    dx = (jnp.stack(gradients_of_membrane()) * input_scale).astype(x.dtype)
-    membrane_sums = _summed_terms(
-        x, g_spikes, g_membrane, coeffs, surrogate, detach, slice(0, len(_MEMBRANE_TERMS))
+    us, os = _forward_trace(per_step(x), coeffs)
+    gus, _ = _reverse_trace(
+        us, os, per_step(g_spikes), per_step(g_membrane), coeffs, surrogate, detach
     )
-
-    def exact_input_sums():
-        # Recomputed here, one step at a time, so that only this rare branch writes gu.
-        return _input_sums_from_steps(gradients_of_membrane(), per_step(x), coeffs)
-
-    if x.dtype == coeffs.v_th.dtype:
-        usable = jnp.min(jnp.abs(coeffs.input_scale)) >= _MIN_INPUT_SCALE
-        # Inside the conditional, dx is an operand: XLA reads it rather than recomputing it.
-        input_sums = jax.lax.cond(
-            usable, lambda: _input_sums_from_dx(dx, x, coeffs), exact_input_sums
-        )
-    else:
-        input_sums = exact_input_sums()
-    return dx, _coefficient_gradients(jnp.concatenate([membrane_sums, input_sums]), coeffs)
+    input_scale = coeffs.input_scale.reshape(_step_shape(coeffs, x.ndim))
+    dx = (jnp.stack(gus) * input_scale).astype(x.dtype)
+    sums = _summed_terms(x, g_spikes, g_membrane, coeffs, surrogate, detach)
+    return dx, _coefficient_gradients(sums, coeffs)
 
 
 def _step_shape(coeffs: GLIFCoefficients, ndim: int) -> tuple[int, ...]:
@@ -815,7 +811,7 @@ def _scanned_forward(x, coeffs: GLIFCoefficients):
         return (u, o), (u, o)
 
     zeros = jnp.zeros(x.shape[1:], coeffs.v_th.dtype)
-    _, (us, os) = jax.lax.scan(step, (zeros, zeros), (x, coeffs.input_scale))
+    _, (us, os) = jax.lax.scan(step, (zeros, zeros > 0), (x, coeffs.input_scale))
     return us, os
 
 
@@ -826,7 +822,7 @@ def _scanned_backward(x, coeffs, g_spikes, g_membrane, surrogate, detach):
     axes = tuple(range(x.ndim - 1 - jnp.ndim(coeffs.v_th)))
 
     def spike(u):
-        return (u - coeffs.v_th > 0).astype(dtype)
+        return u - coeffs.v_th > 0
 
     def step(carry, inputs):
         gu_next, sums = carry
@@ -837,7 +833,7 @@ def _scanned_backward(x, coeffs, g_spikes, g_membrane, surrogate, detach):
         # u_{t−1} and o_{t−1}; at t = 0 they are 0, which the mask below restores.
         u_prev = jax.lax.dynamic_index_in_dim(us, jnp.maximum(t - 1, 0), keepdims=False)
         u_prev = jnp.where(t > 0, u_prev, 0)
-        o_prev = jnp.where(t > 0, spike(u_prev), 0)
+        o_prev = (t > 0) & spike(u_prev)
         terms = _step_terms(g_u, g_v, u_prev, o_prev, coeffs)
         sums = tuple(s + jnp.sum(term, axis=axes) for s, term in zip(sums, terms, strict=True))
         return (g_u, sums), (g_u * input_scale_t, jnp.sum(g_u * x_t.astype(dtype), axis=axes))

@@ -1,6 +1,7 @@
 """The fused path's backward pass against plain autodiff of the scan, in the cases it treats apart:
-long sequences (the scanned backward), a vanishing input scale and narrow inputs (the sums that do
-not divide by the input scale), and neuron counts without small divisors (the grouped sums)."""
+long sequences (the scanned backward), lengths whose parameter sums take two loops, a vanishing
+input scale, narrow inputs, and neuron counts without small divisors (the grouped sums); and the
+two forms of the parameter sums (XLA:CPU's and the other backends') against each other."""
 
 import functools
 
@@ -54,10 +55,52 @@ def test_long_sequences_match_scan_in_float64(channel_wise, detach_reset, membra
         )
 
 
+@pytest.mark.parametrize("time_steps", [1, 7, 8])
+def test_unrolled_lengths_match_scan(time_steps):
+    # T = 7 and 8 have more parameter terms than one loop of sums takes (5 + T > 11).
+    rng = np.random.default_rng(6)
+    params = random_params(rng, 5, time_steps)
+    x = random_input(rng, (time_steps, 6, 5))
+    _assert_fused_matches_scan(params, x, 2e-5, membrane_cotangent=True)
+
+
+@pytest.mark.parametrize("membrane_cotangent", [False, True])
+@pytest.mark.parametrize("channel_wise", [True, False])
+@pytest.mark.parametrize("time_steps", [3, 8])
+def test_sums_in_loops_match_sums_per_term(time_steps, channel_wise, membrane_cotangent):
+    # On the CPU the fused path takes _sums_in_loops; GPU and TPU take _sums_per_term, which the
+    # public API cannot reach here: both against each other, in float64.
+    rng = np.random.default_rng(7)
+    with jax.enable_x64(True):
+        params = random_params(rng, 5 if channel_wise else None, time_steps, dtype=np.float64)
+        coeffs = neuron.coefficients(params, "soft")
+        x = random_input(rng, (time_steps, 4, 6, 5), np.float64)
+        g = random_input(rng, x.shape, np.float64)
+        g_membrane = random_input(rng, x.shape, np.float64) if membrane_cotangent else None
+        args = (x, g, g_membrane, coeffs, surrogates.sigmoid(), False)
+        in_loops = neuron._sums_in_loops(*args)
+        per_term = neuron._sums_per_term(*args)
+        assert in_loops.shape == per_term.shape == (5 + time_steps, *jnp.shape(coeffs.v_th))
+        np.testing.assert_allclose(in_loops, per_term, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_backward_on_the_cpu_has_no_loop_or_conditional():
+    # T ≤ 8 is unrolled, and the parameter sums pick their form when lowered, not when run.
+    params = neuron.init_params(8, 4, key=jax.random.key(0))
+    x = jnp.ones((4, 3, 8))
+
+    def loss(params, x):
+        return jnp.sum(neuron.glif(params, x, implementation="fused"))
+
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile().as_text()
+    assert " conditional(" not in hlo
+    assert " while(" not in hlo
+
+
 @pytest.mark.parametrize("channel_wise", [True, False])
 def test_vanishing_input_scale_keeps_exact_input_gradients(channel_wise):
     # GLIF_f's input scale is σ(conduct): at conduct = -30 it is ~1e-13, where dx_t = gu_t·s_t
-    # cannot give back gu_t; the gradients of conduct there must still be right.
+    # could not give back gu_t; the gradients of conduct there must still be right.
     rng = np.random.default_rng(3)
     params = random_params(rng, 6 if channel_wise else None, 4, mode="fused")
     params = params.replace(conduct=params.conduct.at[1].set(-30.0))
