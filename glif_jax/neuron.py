@@ -733,7 +733,7 @@ def _sums_in_loops(x, g_spikes, g_membrane, coeffs: GLIFCoefficients, surrogate,
         return [a[t, :, j] for t in range(steps)]
 
     count = len(_TERMS) + steps
-    loops = -(-count // _MAX_TERMS_PER_LOOP)
+    loops = math.ceil(count / _MAX_TERMS_PER_LOOP)
     bounds = [round(i * count / loops) for i in range(loops + 1)]
     sums = []
     for first, stop in itertools.pairwise(bounds):
@@ -745,12 +745,12 @@ def _sums_in_loops(x, g_spikes, g_membrane, coeffs: GLIFCoefficients, surrogate,
             totals = (
                 found if totals is None else [a + b for a, b in zip(totals, found, strict=True)]
             )
-        rows = totals[0].shape
-        term = jax.lax.broadcasted_iota(jnp.int32, (*rows, len(totals)), len(rows))
+        shape = totals[0].shape  # (N/J, C)
+        term = jax.lax.broadcasted_iota(jnp.int32, (*shape, len(totals)), len(shape))
         stacked = totals[-1][..., None]
         for k in reversed(range(len(totals) - 1)):
             stacked = jnp.where(term == k, totals[k][..., None], stacked)
-        axes = tuple(range(len(rows) - jnp.ndim(coeffs.v_th)))
+        axes = tuple(range(len(shape) - jnp.ndim(coeffs.v_th)))
         sums.append(jnp.sum(stacked, axis=axes))
     return jnp.moveaxis(jnp.concatenate(sums, axis=-1), -1, 0)
 

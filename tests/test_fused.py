@@ -67,14 +67,18 @@ def test_unrolled_lengths_match_scan(time_steps):
 @pytest.mark.parametrize("membrane_cotangent", [False, True])
 @pytest.mark.parametrize("channel_wise", [True, False])
 @pytest.mark.parametrize("time_steps", [3, 8])
-def test_sums_in_loops_match_sums_per_term(time_steps, channel_wise, membrane_cotangent):
+@pytest.mark.parametrize("neuron_shape", [(4, 6), (4, 7)])
+def test_sums_in_loops_match_sums_per_term(
+    neuron_shape, time_steps, channel_wise, membrane_cotangent
+):
     # On the CPU the fused path takes _sums_in_loops; GPU and TPU take _sums_per_term, which the
-    # public API cannot reach here: both against each other, in float64.
+    # public API cannot reach here: both against each other, in float64. 4·7 = 28 neurons make
+    # groups of seven.
     rng = np.random.default_rng(7)
     with jax.enable_x64(True):
         params = random_params(rng, 5 if channel_wise else None, time_steps, dtype=np.float64)
         coeffs = neuron.coefficients(params, "soft")
-        x = random_input(rng, (time_steps, 4, 6, 5), np.float64)
+        x = random_input(rng, (time_steps, *neuron_shape, 5), np.float64)
         g = random_input(rng, x.shape, np.float64)
         g_membrane = random_input(rng, x.shape, np.float64) if membrane_cotangent else None
         args = (x, g, g_membrane, coeffs, surrogates.sigmoid(), False)
@@ -95,6 +99,23 @@ def test_fused_backward_on_the_cpu_has_no_loop_or_conditional():
     hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile().as_text()
     assert " conditional(" not in hlo
     assert " while(" not in hlo
+
+
+@pytest.mark.parametrize("platform", ["cpu", "cuda", "tpu"])
+def test_sums_take_their_form_for_the_platform_they_are_lowered_for(platform):
+    # Only XLA:CPU gets the loops with a term axis (an iota picks the terms); GPU and TPU get one
+    # reduction per term. Lowering for another platform needs no device of it.
+    params = neuron.init_params(8, 4, key=jax.random.key(0))
+    x = jnp.ones((4, 16, 8))
+
+    def loss(params, x):
+        return jnp.sum(neuron.glif(params, x, implementation="fused"))
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    lowered = grad.trace(params, x).lower(lowering_platforms=(platform,)).as_text()
+    assert ("iota" in lowered) == (platform == "cpu")
+    if platform != "cpu":
+        assert lowered.count("stablehlo.reduce") >= len(neuron._TERMS) + 4
 
 
 @pytest.mark.parametrize("channel_wise", [True, False])
