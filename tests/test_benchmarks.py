@@ -14,7 +14,7 @@ def test_quick_suite_writes_glif_and_residual_tables(tmp_path):
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["parts"].keys() == {"glif", "residuals"}
     assert "| copy (ceiling) |" in (tmp_path / "results.md").read_text()
-    assert {"cpu", "cores", "jax", "backend"} <= written["machine"].keys()
+    assert {"cpu", "cores", "jax", "backend", "transparent_hugepage"} <= written["machine"].keys()
 
     glif = {(r["dtype"], r["implementation"]): r for r in results["parts"]["glif"]}
     assert {("float32", "scan"), ("float32", "fused"), ("bfloat16", "fused")} <= glif.keys()

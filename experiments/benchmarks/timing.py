@@ -58,8 +58,19 @@ def load_average() -> float:
         return float("nan")
 
 
+def _transparent_huge_pages() -> str:
+    """The kernel's transparent-huge-page mode (``always``, ``madvise`` or ``never``), or ``""``."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            modes = f.read().split()
+    except OSError:
+        return ""
+    return next((m.strip("[]") for m in modes if m.startswith("[")), "")
+
+
 def machine() -> dict[str, Any]:
-    """The CPU model, core count, Python, JAX and backend of this run."""
+    """The CPU model, core count, Python, JAX and backend of this run, and the memory settings
+    that change the cost of fresh outputs (transparent huge pages, glibc's tunables)."""
     import jaxlib
 
     device = jax.devices()[0]
@@ -73,6 +84,8 @@ def machine() -> dict[str, Any]:
         "device": getattr(device, "device_kind", str(device)),
         "devices": jax.device_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "transparent_hugepage": _transparent_huge_pages(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
 
 
