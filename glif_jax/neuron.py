@@ -590,8 +590,12 @@ def _glif_scan(x, coeffs, surrogate, detach_reset):
 _MAX_GROUPS = 8  # neurons summed inside the loops of step 2: each writes at most N/8 rows.
 _MAX_TERMS_PER_LOOP = 11  # beyond it LLVM stops sharing the recurrences between the terms.
 # The per-neuron gradient terms, summed over time, in this order; then gu_t·x_t for every t.
-_MEMBRANE_TERMS = ("decay", "hard_reset", "soft_reset", "v_th")
-_TERMS = (*_MEMBRANE_TERMS, "leak")
+_TERMS = ("decay", "hard_reset", "soft_reset", "v_th", "leak")
+
+
+def _per_step(a):
+    """``a`` of shape ``(T, ...)`` as a list of its T steps (``None`` stays ``None``)."""
+    return None if a is None else [a[t] for t in range(a.shape[0])]
 
 
 def _forward_step(u_prev, o_prev, x_t, input_scale_t, coeffs: GLIFCoefficients):
@@ -758,11 +762,8 @@ def _sums_in_loops(x, g_spikes, g_membrane, coeffs: GLIFCoefficients, surrogate,
 def _sums_per_term(x, g_spikes, g_membrane, coeffs: GLIFCoefficients, surrogate, detach):
     """:func:`_summed_terms` as one reduction per term (XLA:GPU fuses sibling reductions)."""
 
-    def per_step(a):
-        return None if a is None else [a[t] for t in range(x.shape[0])]
-
     terms = _gradient_terms(
-        per_step(x), per_step(g_spikes), per_step(g_membrane), coeffs, surrogate, detach
+        _per_step(x), _per_step(g_spikes), _per_step(g_membrane), coeffs, surrogate, detach
     )
     axes = tuple(range(terms[0].ndim - jnp.ndim(coeffs.v_th)))
     return jnp.stack([jnp.sum(term, axis=axes) for term in terms])
@@ -782,17 +783,14 @@ def _coefficient_gradients(sums, coeffs: GLIFCoefficients) -> GLIFCoefficients:
 
 
 def _unrolled_forward(x, coeffs: GLIFCoefficients):
-    us, os = _forward_trace([x[t] for t in range(x.shape[0])], coeffs)
+    us, os = _forward_trace(_per_step(x), coeffs)
     return jnp.stack(us), jnp.stack(os)
 
 
 def _unrolled_backward(x, coeffs, g_spikes, g_membrane, surrogate, detach):
-    def per_step(a):
-        return None if a is None else [a[t] for t in range(x.shape[0])]
-
-    us, os = _forward_trace(per_step(x), coeffs)
+    us, os = _forward_trace(_per_step(x), coeffs)
     gus, _ = _reverse_trace(
-        us, os, per_step(g_spikes), per_step(g_membrane), coeffs, surrogate, detach
+        us, os, _per_step(g_spikes), _per_step(g_membrane), coeffs, surrogate, detach
     )
     input_scale = coeffs.input_scale.reshape(_step_shape(coeffs, x.ndim))
     dx = (jnp.stack(gus) * input_scale).astype(x.dtype)
