@@ -593,9 +593,30 @@ _MAX_TERMS_PER_LOOP = 11  # beyond it LLVM stops sharing the recurrences between
 _TERMS = ("decay", "hard_reset", "soft_reset", "v_th", "leak")
 
 
+def _bit_patterns(a):
+    """A bfloat16 array as its 16-bit patterns (``uint16``); any other array unchanged.
+
+    XLA:CPU slices bfloat16 through float32 (convert, slice, convert back) and writes each of those
+    slices out as an array of its own; the slices of the bit patterns, widened by
+    :func:`_widened`, cost fewer such copies (bfloat16 T = 6 forward+backward: 157 → 133 ms).
+    """
+    return jax.lax.bitcast_convert_type(a, jnp.uint16) if a.dtype == jnp.bfloat16 else a
+
+
+def _widened(a):
+    """Undoes :func:`_bit_patterns` as float32, exactly: bfloat16 is float32's upper 16 bits."""
+    if a.dtype != jnp.uint16:
+        return a
+    return jax.lax.bitcast_convert_type(a.astype(jnp.uint32) << 16, jnp.float32)
+
+
 def _per_step(a):
-    """``a`` of shape ``(T, ...)`` as a list of its T steps (``None`` stays ``None``)."""
-    return None if a is None else [a[t] for t in range(a.shape[0])]
+    """``a`` of shape ``(T, ...)`` as a list of its T steps (``None`` stays ``None``); bfloat16
+    steps come widened to float32."""
+    if a is None:
+        return None
+    bits = _bit_patterns(a)
+    return [_widened(bits[t]) for t in range(a.shape[0])]
 
 
 def _forward_step(u_prev, o_prev, x_t, input_scale_t, coeffs: GLIFCoefficients):
@@ -733,8 +754,8 @@ def _sums_in_loops(x, g_spikes, g_membrane, coeffs: GLIFCoefficients, surrogate,
     def group(a, j):
         if a is None:
             return None
-        a = a.reshape(steps, -1, groups, channels)
-        return [a[t, :, j] for t in range(steps)]
+        a = _bit_patterns(a).reshape(steps, -1, groups, channels)
+        return [_widened(a[t, :, j]) for t in range(steps)]
 
     count = len(_TERMS) + steps
     loops = math.ceil(count / _MAX_TERMS_PER_LOOP)

@@ -139,6 +139,15 @@ def test_bfloat16_inputs_give_the_gradients_of_scan():
     assert grads[1].dtype == jnp.bfloat16
 
 
+def test_bfloat16_steps_widen_exactly_for_every_bit_pattern():
+    bits = jnp.arange(2**16, dtype=jnp.uint32).astype(jnp.uint16).reshape(2, 2**15)
+    x = jax.lax.bitcast_convert_type(bits, jnp.bfloat16)  # every finite, infinite and NaN value
+    want = np.asarray(x.astype(jnp.float32))
+    for t, step in enumerate(jax.jit(neuron._per_step)(x)):
+        assert step.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(step), want[t])  # NaN equals NaN here
+
+
 @pytest.mark.parametrize("neurons", [17, 210, 1])
 def test_neuron_counts_without_small_divisors_match_scan(neurons):
     # 17 is prime (one group), 210 = 30·7 (seven groups), 1 neuron per channel: (T, C) inputs.
