@@ -1,4 +1,5 @@
-"""The Pallas kernels, in Pallas's interpreter on the CPU, against the plain ``lax.scan`` path."""
+"""The Pallas kernels against the plain ``lax.scan`` path: in Pallas's interpreter on the CPU,
+compiled (Triton or Mosaic) where JAX's default backend is a GPU or TPU."""
 
 import zlib
 
