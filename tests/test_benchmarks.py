@@ -6,6 +6,7 @@ import json
 import pytest
 
 from experiments.benchmarks import __main__ as benchmarks
+from experiments.benchmarks import glif_speed
 
 
 def test_quick_suite_writes_glif_and_residual_tables(tmp_path):
@@ -17,7 +18,9 @@ def test_quick_suite_writes_glif_and_residual_tables(tmp_path):
     assert {"cpu", "cores", "jax", "backend", "transparent_hugepage"} <= written["machine"].keys()
 
     glif = {(r["dtype"], r["implementation"]): r for r in results["parts"]["glif"]}
+    in_a_loss = "fused" + glif_speed.IN_A_LOSS
     assert {("float32", "scan"), ("float32", "fused"), ("bfloat16", "fused")} <= glif.keys()
+    assert {("float32", in_a_loss), ("bfloat16", in_a_loss)} <= glif.keys()
     assert all(r["best_ms"] > 0 and r["of_ceiling"] > 0 for r in glif.values())
 
     rows = written["parts"]["residuals"]
@@ -62,3 +65,15 @@ def test_pytorch_loops_compute_the_gradients_of_glif(layout):
     for name, tensor in raw.items():
         want = getattr(grad_params, names.get(name, name))
         np.testing.assert_allclose(tensor.grad.numpy(), want, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_the_loss_row_computes_the_gradients_of_the_vjp_row():
+    import jax
+    import numpy as np
+
+    params, x, g = glif_speed.inputs(3, (2, 5, 6), np.float32)
+    _, *want = glif_speed.forward_backward("fused")(params, x, g)
+    value, got = glif_speed.in_a_loss("fused")(params, x, g)
+    assert np.isfinite(float(value))
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)

@@ -33,8 +33,10 @@ _NOTES = {
         "reference runs it ((T, B, C, H, W), sigmoids inside the step, spikes written into a "
         "preallocated tensor) over this one's; `vs_pytorch_channel_last` the same for the "
         "faster transcription on glif_jax's layout (float32 only, as the reference computes). "
-        "`load` is the 1-minute load average "
-        "before and after."
+        "`fused in value_and_grad` is the default path inside a scalar loss, ⟨spikes, g⟩ under "
+        "`jax.jit(jax.value_and_grad(...))`: the same gradients, the spikes times g going to "
+        "XLA's scratch memory and a reduction instead of an output. "
+        "`load` is the 1-minute load average before and after."
     ),
     "residuals": (
         "Bytes the backward pass keeps per neuron and time step (arrays of at least one step's "

@@ -23,6 +23,7 @@ from glif_jax import neuron
 
 PATHS = ("scan", "fused", "pallas")
 ARRAYS_MOVED = 4  # x read, spikes written, cotangent read, dx written
+IN_A_LOSS = " in value_and_grad"  # suffix of the rows of the default path inside a scalar loss
 
 
 def available_paths(paths: Sequence[str]) -> list[str]:
@@ -42,6 +43,18 @@ def forward_backward(implementation: str):
         return spikes, *vjp(g)
 
     return jax.jit(run)
+
+
+def in_a_loss(implementation: str):
+    """A jitted ``(params, x, g) → (⟨spikes, g⟩, (grad_params, grad_x))``: the same gradients
+    (the cotangent of the spikes is g) with the layer inside a scalar loss, as a training step
+    calls it. XLA then writes the spikes (times g) to its scratch memory for the loss's reduction
+    instead of returning them."""
+
+    def loss(params, x, g):
+        return jnp.sum(neuron.glif(params, x, implementation=implementation) * g)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
 
 def inputs(time_steps: int, shape: Sequence[int], dtype, seed: int = 0):
@@ -106,6 +119,10 @@ def measure(
             dtype = jnp.dtype(dtype_name)
             params, x, g = inputs(steps, shape, dtype)
             candidates = {p: functools.partial(forward_backward(p), params, x, g) for p in paths}
+            if "fused" in paths:
+                candidates["fused" + IN_A_LOSS] = functools.partial(
+                    in_a_loss("fused"), params, x, g
+                )
             if compare_torch and dtype == jnp.float32:
                 for name, layout in TORCH_LOOPS.items():
                     candidates[name] = _torch_candidate(params, x, g, layout)
