@@ -77,3 +77,21 @@ def test_the_loss_row_computes_the_gradients_of_the_vjp_row():
     assert np.isfinite(float(value))
     for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+
+
+def test_a_pallas_block_size_path_computes_the_gradients_of_the_default_path():
+    # "pallas/N" rows time the kernels at a given block size; they must time the same operation.
+    # On the CPU the kernels run in Pallas's interpreter, which checks the same code.
+    import jax
+    import numpy as np
+
+    params, x, g = glif_speed.inputs(3, (40, 6), np.float32)
+    want = glif_speed.forward_backward("fused")(params, x, g)
+    got = glif_speed.forward_backward("pallas/16")(params, x, g)  # 3 blocks of 16 rows
+    np.testing.assert_array_equal(got[0], want[0])
+    assert 0 < float(want[0].mean()) < 1
+    for a, b in zip(jax.tree.leaves(want[1:]), jax.tree.leaves(got[1:]), strict=True):
+        np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)
+    assert glif_speed.available_paths(["fused", "pallas/16"]) == ["fused"]  # CPU: not timed
+    with pytest.raises(ValueError, match="only pallas takes a block size"):
+        glif_speed.layer("fused/16")

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from experiments.benchmarks import glif_speed, report, residuals, timing, training
+from experiments.benchmarks import glif_speed, report, residuals, timing
 
 PARTS = ("glif", "residuals", "training")
 
@@ -64,7 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--time-steps", default="2,4,6,16", help="T values of the glif part")
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--shape", default="64,16,16,256", help="B,H,W,C of one time step")
-    p.add_argument("--paths", default=",".join(glif_speed.PATHS))
+    p.add_argument(
+        "--paths",
+        default=",".join(glif_speed.PATHS),
+        help="comma-separated, from scan, fused, pallas; pallas/N: Pallas with N rows per block",
+    )
     p.add_argument("--repeats", type=int, default=7, help="timed calls per candidate")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch loop")
     p.add_argument("--train-model", default="resnet19")
@@ -117,6 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     if "residuals" in parts:
         results["parts"]["residuals"] = residuals.measure(4, (2, 4, 4, 16), args.dtypes.split(","))
     if "training" in parts:
+        # Imported here: the training stack needs the experiments extra, the other parts only JAX.
+        from experiments.benchmarks import training
+
         results["parts"]["training"] = training.measure(
             args.train_model,
             _ints(args.train_time_steps),

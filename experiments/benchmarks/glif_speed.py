@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.benchmarks import timing
-from glif_jax import neuron
+from glif_jax import neuron, pallas_glif, surrogates
 
 PATHS = ("scan", "fused", "pallas")
 ARRAYS_MOVED = 4  # x read, spikes written, cotangent read, dx written
@@ -29,17 +29,32 @@ IN_A_LOSS = " in value_and_grad"  # suffix of the rows of the default path insid
 def available_paths(paths: Sequence[str]) -> list[str]:
     """``paths`` without Pallas where it would only run in the interpreter (not on GPU/TPU)."""
     compiled = jax.default_backend() in ("gpu", "tpu")
-    return [p for p in paths if p != "pallas" or compiled]
+    return [p for p in paths if not p.startswith("pallas") or compiled]
 
 
-def forward_backward(implementation: str):
-    """A jitted ``(params, x, g) → (spikes, grad_params, grad_x)``."""
+def layer(path: str):
+    """``(params, x) → spikes`` of one of :data:`PATHS`, or ``"pallas/N"``: the Pallas kernels
+    with N rows (neurons of a channel) per block instead of the size they pick themselves."""
+    implementation, _, block_rows = path.partition("/")
+    if not block_rows:
+        return functools.partial(neuron.glif, implementation=implementation)
+    if implementation != "pallas":
+        raise ValueError(f"only pallas takes a block size (pallas/N), got {path!r}.")
+    config = pallas_glif.PallasConfig(block_rows=int(block_rows))
+
+    def run(params, x):
+        # What neuron.glif does for the defaults (soft reset, rectangle, float32 compute).
+        coeffs = jax.tree.map(lambda c: c.astype(jnp.float32), neuron.coefficients(params))
+        return pallas_glif.glif_pallas(x, coeffs, surrogates.rectangle(), False, False, config)
+
+    return run
+
+
+def forward_backward(path: str):
+    """A jitted ``(params, x, g) → (spikes, grad_params, grad_x)`` of a path (see :func:`layer`)."""
 
     def run(params, x, g):
-        def layer(params, x):
-            return neuron.glif(params, x, implementation=implementation)
-
-        spikes, vjp = jax.vjp(layer, params, x)
+        spikes, vjp = jax.vjp(layer(path), params, x)
         return spikes, *vjp(g)
 
     return jax.jit(run)
@@ -103,7 +118,8 @@ def measure(
       time_steps: the values of T.
       dtypes: ``"float32"`` and/or ``"bfloat16"``.
       shape: ``(B, H, W, C)`` (any ``(..., C)``) of one time step.
-      paths: implementations of :func:`glif_jax.neuron.glif`, see :data:`PATHS`.
+      paths: implementations of :func:`glif_jax.neuron.glif`, see :data:`PATHS`, or
+        ``"pallas/N"`` (:func:`layer`).
       repeats: timed calls of each candidate (best and median reported).
       compare_torch: also time the PyTorch loops of :data:`TORCH_LOOPS` (float32 only: the
         reference computes in float32).
