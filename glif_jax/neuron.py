@@ -86,10 +86,12 @@ LEAK_REFERENCE = 0.0625
 _GATE_FIELDS = ("alpha", "beta", "gamma")
 _FIELDS = ("alpha", "beta", "gamma", "tau", "v_th", "leak", "v_reset", "conduct")
 _UNROLL_MAX_T = 8  # vision networks use T ≤ 8: unrolled, XLA fuses every step into one pass.
-# Backends on which implementation="auto" picks the Pallas kernel. Empty until the kernel has been
-# compiled and checked against the scan path on a GPU and a TPU; so far it has been run only in
-# Pallas's interpreter, so "auto" is the fused path everywhere.
-_PALLAS_BY_DEFAULT: tuple[str, ...] = ()
+# Backends on which implementation="auto" picks the Pallas kernel: those where it has been compiled
+# and checked against the scan path (tests/test_pallas_glif.py) and timed faster than fused
+# (experiments/benchmarks/results-gpu-h200.md). Not yet TPU, where it has only been lowered.
+_PALLAS_BY_DEFAULT: tuple[str, ...] = ("gpu",)
+# The kernels unroll the whole time loop and keep it in registers; timed up to T = 16.
+_PALLAS_MAX_T = 16
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=list(_FIELDS), meta_fields=[])
@@ -509,9 +511,10 @@ def glif(
         XLA runs all steps in a few passes over memory (a ``lax.scan`` beyond). ``"scan"``:
         ``lax.scan`` of :func:`glif_step` under plain autodiff, which stores the per-step
         residuals (12 bytes, in float32 whatever the input): the reference path. ``"pallas"``:
-        the kernels of :mod:`glif_jax.pallas_glif`, keeping ``x`` like fused (on the CPU they run
-        in Pallas's interpreter, for testing; verified so far only there). ``"auto"``: fused, on
-        every backend until the Pallas kernel has been verified on a GPU and a TPU. Fused and
+        the kernels of :mod:`glif_jax.pallas_glif`, keeping ``x`` like fused (compiled through
+        Triton on GPU and Mosaic on TPU; on the CPU they run in Pallas's interpreter, for
+        testing). ``"auto"``: pallas on a single GPU (float32 compute, T ≤ 16), fused
+        everywhere else, TPU included until the kernel has run on one. Fused and
         scan give the same spikes and membrane, bit for bit under ``jit``; all three give the
         same gradients up to float rounding. To recompute more than the neuron (the
         convolutions too), wrap whole layers in :func:`glif_jax.nn.recompute`, as the models'
@@ -539,7 +542,7 @@ def glif(
     compute_dtype = jnp.float64 if bits > 32 else jnp.float32
     coeffs = jax.tree.map(lambda c: c.astype(compute_dtype), coeffs)
     if implementation == "auto":
-        implementation = "pallas" if jax.default_backend() in _PALLAS_BY_DEFAULT else "fused"
+        implementation = _auto_implementation(x.shape[0], x.dtype, compute_dtype)
     if implementation == "scan":
         spikes, membrane = _glif_scan(x, coeffs, surrogate, detach_reset)
         return (spikes, membrane) if return_membrane else spikes
@@ -548,6 +551,23 @@ def glif(
     from glif_jax import pallas_glif
 
     return pallas_glif.glif_pallas(x, coeffs, surrogate, detach_reset, return_membrane)
+
+
+def _auto_implementation(steps: int, input_dtype, compute_dtype) -> str:
+    """What ``implementation="auto"`` runs: the Pallas kernel on one GPU, fused elsewhere.
+
+    Only on a single device: a Pallas kernel is a custom call that XLA's SPMD partitioner cannot
+    split, so under ``jit`` with sharded inputs it would not run data-parallel (inside
+    ``shard_map``, pass ``implementation="pallas"``). Only for the inputs it has been checked and
+    timed with on the GPU: float32 or bfloat16, computed in float32, up to ``_PALLAS_MAX_T`` steps.
+    """
+    on_one_gpu = jax.default_backend() in _PALLAS_BY_DEFAULT and jax.device_count() == 1
+    checked = (
+        input_dtype in (jnp.float32, jnp.bfloat16)
+        and compute_dtype == jnp.float32
+        and steps <= _PALLAS_MAX_T
+    )
+    return "pallas" if on_one_gpu and checked else "fused"
 
 
 def _glif_scan(x, coeffs, surrogate, detach_reset):

@@ -1,30 +1,34 @@
 """GLIF over time as a Pallas kernel, forward and backward (GPU through Triton, TPU through Mosaic).
 
-:func:`glif_jax.neuron.glif` calls :func:`glif_pallas` with ``implementation="pallas"`` (not yet
-with ``"auto"``, which stays on the fused XLA path until the kernels have run on a GPU and a
-TPU). The kernels run the same step functions as the fused XLA path
-(``glif_jax.neuron._forward_step`` and friends), on tiles of neurons:
+:func:`glif_jax.neuron.glif` calls :func:`glif_pallas` with ``implementation="pallas"``, and with
+``"auto"`` on a single GPU (see ``glif_jax.neuron._auto_implementation``). The kernels run the same
+step functions as the fused XLA path (``glif_jax.neuron._forward_step`` and friends), on tiles of
+neurons:
 
 * the input ``(T, ..., C)`` is viewed as ``(T, R, C)``, R the neurons of one channel, and padded
   to whole blocks of ``block_rows × block_channels`` (powers of two; multiples of (8, 128) on TPU,
   or the whole padded channel axis when it is narrower than 128);
-* the grid runs over (row blocks, channel blocks); each program loops over sub-tiles of 8 rows
-  (16 for 16-bit inputs) and runs the whole time loop on each sub-tile, unrolled;
+* the grid runs over (row blocks, channel blocks); each program loops over sub-tiles of
+  ``sub_rows`` rows and runs the whole time loop on each sub-tile, unrolled;
 * the forward kernel writes the spikes (and the membrane when asked); it saves only ``x`` for the
   backward pass, as the fused path does;
 * the backward kernel recomputes the membrane, writes dx and, per program, the column sums of
   every gradient term (the ``_TERMS`` of ``glif_jax.neuron``, then gu_t·x_t for each t), which
   are summed over the row blocks outside the kernel.
 
-What has been verified: in Pallas's interpreter on the CPU (``interpret=True``), against the plain
-``lax.scan`` path, identical spikes and, to float32 rounding, the membrane, dx and every parameter
-gradient, for every mode, channel-wise and layer-wise coefficients, several surrogates,
-``detach_reset``, the membrane's cotangent, bfloat16 inputs and shapes that do not divide the
-blocks (``tests/test_pallas_glif.py``); and that both kernels lower for GPU (Triton) and TPU
-(Mosaic) from the CPU. They have not been compiled or run on a GPU or TPU, and their speed there
-is unmeasured. The membrane is not bit-identical to the XLA paths because compilers contract
-multiply-adds into FMAs differently in different loops, so a membrane within a rounding error of
-the threshold may spike in one path and not in the other.
+On GPU every value of a sub-tile's time loop and the running sums live in registers, so the
+default ``sub_rows`` shrinks as T grows (8 rows up to T = 5, down to 1 beyond T = 24); on TPU a
+sub-tile is one whole (8, 128) tile (16 rows for 16-bit inputs).
+
+What has been verified: identical spikes and, to float32 rounding, the membrane, dx and every
+parameter gradient against the plain ``lax.scan`` path, for every mode, channel-wise and
+layer-wise coefficients, several surrogates, ``detach_reset``, the membrane's cotangent, bfloat16
+inputs, several tilings and shapes that do not divide the blocks (``tests/test_pallas_glif.py``),
+in Pallas's interpreter on the CPU and compiled through Triton on an NVIDIA H200 (JAX 0.11.2);
+timings in ``experiments/benchmarks/results-gpu-h200.md``. For TPU the kernels have been lowered
+through Mosaic, never run. The membrane is not bit-identical to the XLA paths because compilers
+contract multiply-adds into FMAs differently in different loops, so a membrane within a rounding
+error of the threshold may spike in one path and not in the other.
 
 Example::
 
@@ -56,6 +60,7 @@ _LANES = 128  # channels per block: the TPU lane width, and a power of two for T
 _COEFFICIENT_ROWS = 8  # decay, leak, hard reset, soft reset, threshold, padded to a TPU tile
 _BLOCK_ELEMENTS = 2**16  # T × block_rows × block_channels at most: 256 KiB per fp32 operand
 _MAX_BLOCK_ROWS = 256
+_GPU_LIVE_VALUES = 256  # registers per thread for the time loop's values, see _default_sub_rows
 
 
 class PallasConfig(NamedTuple):
@@ -66,11 +71,16 @@ class PallasConfig(NamedTuple):
         ``jax.default_backend()``.
       block_rows: rows (neurons of a channel) per program, a power of two; ``None`` picks one.
       interpret: run in Pallas's interpreter (``None``: whenever the backend is not GPU or TPU).
+      sub_rows: rows of the sub-tile that one pass of the unrolled time loop holds, a power of
+        two; ``None`` picks one (on TPU a whole tile: 8 rows, 16 for 16-bit inputs).
+      num_warps: warps per program on GPU, a power of two; ``None``: 4.
     """
 
     backend: str | None = None
     block_rows: int | None = None
     interpret: bool | None = None
+    sub_rows: int | None = None
+    num_warps: int | None = None
 
 
 def glif_pallas(
@@ -127,8 +137,14 @@ def _round_up(value: int, multiple: int) -> int:
 def _layout(x: jax.Array, config: PallasConfig) -> _Layout:
     steps, channels = x.shape[0], x.shape[-1]
     rows = math.prod(x.shape[1:-1])
-    # 16-bit operands tile in pairs of rows on TPU: keep sub-tiles whole.
-    sub_rows = 8 * max(1, 4 // x.dtype.itemsize)
+    tile_rows = _default_sub_rows(steps, x.dtype, "tpu")
+    sub_rows = config.sub_rows or _default_sub_rows(steps, x.dtype, config.backend)
+    _check_power_of_two("sub_rows", sub_rows)
+    if config.backend == "tpu" and not config.interpret and sub_rows % tile_rows:
+        raise ValueError(
+            f"glif_pallas: sub_rows on TPU must be a multiple of {tile_rows} for {x.dtype} "
+            f"inputs, got {sub_rows}."
+        )
     if channels % _LANES == 0:
         padded_channels = channels
     elif channels < _LANES:
@@ -141,9 +157,8 @@ def _layout(x: jax.Array, config: PallasConfig) -> _Layout:
         fits = max(1, _BLOCK_ELEMENTS // (steps * block_channels))
         block_rows = min(_MAX_BLOCK_ROWS, pl.next_power_of_2(fits + 1) // 2)
         block_rows = min(block_rows, pl.next_power_of_2(rows))
+    _check_power_of_two("block_rows", block_rows)
     block_rows = max(block_rows, sub_rows)
-    if block_rows & (block_rows - 1):
-        raise ValueError(f"glif_pallas: block_rows must be a power of two, got {block_rows}.")
     return _Layout(
         rows=rows,
         channels=channels,
@@ -153,6 +168,26 @@ def _layout(x: jax.Array, config: PallasConfig) -> _Layout:
         padded_rows=_round_up(rows, block_rows),
         padded_channels=padded_channels,
     )
+
+
+def _default_sub_rows(steps: int, dtype, backend: str) -> int:
+    """Rows per pass over time: a whole tile on TPU; on GPU (and in the interpreter) as many as
+    keep the pass in registers."""
+    if backend == "tpu":
+        # 16-bit operands tile in pairs of rows on TPU: keep sub-tiles whole.
+        return 8 * max(1, 4 // jnp.dtype(dtype).itemsize)
+    # On GPU the backward pass holds about 5T + 5 values per neuron in registers (u, o and their
+    # gradients per step, a running sum per gradient term), each spread over the program's
+    # threads: sub_rows × 128 / (32 × 4 warps) = sub_rows registers per thread and value. Past
+    # the budget the time falls off a cliff, as spilling to local memory would explain (T = 16:
+    # 14.0 ms with 8 rows, 2.2 ms with 2; experiments/benchmarks/results-gpu-h200-tiling.md).
+    live = _GPU_LIVE_VALUES // (5 * steps + len(neuron._TERMS))
+    return max(1, min(8, pl.next_power_of_2(live + 1) // 2))
+
+
+def _check_power_of_two(name: str, value: int) -> None:
+    if value < 1 or value & (value - 1):
+        raise ValueError(f"glif_pallas: {name} must be a power of two, got {value}.")
 
 
 def _to_tiles(a: jax.Array, layout: _Layout) -> jax.Array:
@@ -265,7 +300,9 @@ def _compiler_params(config: PallasConfig):
     if config.backend == "gpu":
         from jax.experimental.pallas import triton as pltriton
 
-        return pltriton.CompilerParams(num_warps=4, num_stages=1)
+        num_warps = config.num_warps or 4
+        _check_power_of_two("num_warps", num_warps)
+        return pltriton.CompilerParams(num_warps=num_warps, num_stages=1)
     return None
 
 

@@ -79,19 +79,23 @@ def test_the_loss_row_computes_the_gradients_of_the_vjp_row():
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
 
 
-def test_a_pallas_block_size_path_computes_the_gradients_of_the_default_path():
-    # "pallas/N" rows time the kernels at a given block size; they must time the same operation.
+def test_a_pallas_tiling_path_computes_the_gradients_of_the_default_path():
+    # "pallas/FIELD=N" rows time the kernels at a given tiling; they must time the same operation.
     # On the CPU the kernels run in Pallas's interpreter, which checks the same code.
     import jax
     import numpy as np
 
     params, x, g = glif_speed.inputs(3, (40, 6), np.float32)
     want = glif_speed.forward_backward("fused")(params, x, g)
-    got = glif_speed.forward_backward("pallas/16")(params, x, g)  # 3 blocks of 16 rows
+    got = glif_speed.forward_backward("pallas/block_rows=16/sub_rows=4")(params, x, g)
     np.testing.assert_array_equal(got[0], want[0])
     assert 0 < float(want[0].mean()) < 1
     for a, b in zip(jax.tree.leaves(want[1:]), jax.tree.leaves(got[1:]), strict=True):
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)
-    assert glif_speed.available_paths(["fused", "pallas/16"]) == ["fused"]  # CPU: not timed
-    with pytest.raises(ValueError, match="only pallas takes a block size"):
-        glif_speed.layer("fused/16")
+    timed = glif_speed.available_paths(["fused", "pallas/sub_rows=4"])
+    compiled = jax.default_backend() in ("gpu", "tpu")
+    assert timed == (["fused", "pallas/sub_rows=4"] if compiled else ["fused"])
+    with pytest.raises(ValueError, match="only pallas takes settings"):
+        glif_speed.layer("fused/sub_rows=4")
+    with pytest.raises(ValueError, match=r"unknown Pallas settings \['rows'\]"):
+        glif_speed.layer("pallas/rows=4")

@@ -157,9 +157,11 @@ def test_neuron_counts_without_small_divisors_match_scan(neurons):
     _assert_fused_matches_scan(params, random_input(rng, shape), 2e-5, membrane_cotangent=False)
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's buffer assignment")
 def test_fused_backward_needs_a_fraction_of_the_scratch_of_scan():
     # The parameter sums run off x and the cotangent without a stored trace; the scan's backward
-    # pass keeps per-step residuals of several arrays of x's size.
+    # pass keeps per-step residuals of several arrays of x's size. (XLA:GPU fuses the fused path
+    # differently and needs more scratch: 2.5× x's size; there the default is the Pallas kernel.)
     params = neuron.init_params(64, 4, key=jax.random.key(0))
     x = jnp.zeros((4, 8, 16, 16, 64))
     g = jnp.zeros_like(x)

@@ -1,5 +1,7 @@
 """The Pallas kernels against the plain ``lax.scan`` path: in Pallas's interpreter on the CPU,
-compiled (Triton or Mosaic) where JAX's default backend is a GPU or TPU."""
+compiled (Triton or Mosaic) where JAX's default backend is a GPU or TPU. The suite's conftest picks
+the CPU unless ``JAX_PLATFORMS`` is set: ``JAX_PLATFORMS=cuda python -m pytest
+tests/test_pallas_glif.py`` runs them compiled on a GPU."""
 
 import zlib
 
@@ -76,10 +78,13 @@ def test_pallas_matches_scan_on_shapes_that_do_not_divide_the_blocks(shape, chan
     _assert_matches_scan(params, random_input(rng, shape))
 
 
-def test_pallas_sums_gradients_over_row_blocks_and_sub_tiles():
+@pytest.mark.parametrize("sub_rows", [None, 1, 4])
+def test_pallas_sums_gradients_over_row_blocks_and_sub_tiles(sub_rows):
     rng = np.random.default_rng(4)
     params = random_params(rng, 16, 4)
-    x = random_input(rng, (4, 70, 16))  # 70 rows: 5 blocks of 16 rows, each 2 sub-tiles of 8
+    # 70 rows: 5 blocks of 16 rows, each 2 sub-tiles of 8 rows by default at T = 4 (or 16 of 1,
+    # or 4 of 4).
+    x = random_input(rng, (4, 70, 16))
     coeffs = neuron.coefficients(params)
     surrogate = surrogates.rectangle()
     g = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
@@ -90,7 +95,7 @@ def test_pallas_sums_gradients_over_row_blocks_and_sub_tiles():
 
         return jax.vjp(spikes, x, coeffs)[1](g)
 
-    small_blocks = run(pallas_glif.PallasConfig(block_rows=16, interpret=True))
+    small_blocks = run(pallas_glif.PallasConfig(block_rows=16, interpret=True, sub_rows=sub_rows))
     one_block = run(pallas_glif.PallasConfig(block_rows=128, interpret=True))
     for a, b in zip(jax.tree.leaves(one_block), jax.tree.leaves(small_blocks), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
@@ -113,13 +118,24 @@ def test_pallas_saves_only_the_input_for_the_backward_pass():
     assert sum(leaf.nbytes for leaf in big) <= 4 * x.size
 
 
-def test_block_rows_must_be_a_power_of_two():
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (pallas_glif.PallasConfig(block_rows=24), "block_rows must be a power of two, got 24"),
+        (pallas_glif.PallasConfig(sub_rows=3), "sub_rows must be a power of two, got 3"),
+        (pallas_glif.PallasConfig(sub_rows=4, backend="tpu", interpret=False), "multiple of 8"),
+        (pallas_glif.PallasConfig(num_warps=6, backend="gpu"), "num_warps .* got 6"),
+    ],
+)
+def test_bad_block_shapes_are_refused(config, message):
     params = random_params(np.random.default_rng(7), 4, 2)
     coeffs = neuron.coefficients(params)
-    config = pallas_glif.PallasConfig(block_rows=24, interpret=True)
-    with pytest.raises(ValueError, match="power of two, got 24"):
-        pallas_glif.glif_pallas(
-            jnp.ones((2, 30, 4)), coeffs, surrogates.rectangle(), False, False, config
+    with pytest.raises(ValueError, match=message):
+        jax.eval_shape(
+            lambda x: pallas_glif.glif_pallas(
+                x, coeffs, surrogates.rectangle(), False, False, config
+            ),
+            jnp.ones((2, 30, 4)),
         )
 
 
@@ -141,3 +157,23 @@ def test_kernels_lower_for_gpu_and_tpu(backend, platform):
 
     lowered = jax.jit(gradients).trace(params, x).lower(lowering_platforms=(platform,))
     assert "custom_call" in lowered.as_text()
+
+
+@pytest.mark.parametrize(
+    "backend, devices, steps, dtypes, expected",
+    [
+        ("gpu", 1, 4, (jnp.float32, jnp.float32), "pallas"),
+        ("gpu", 1, 16, (jnp.bfloat16, jnp.float32), "pallas"),
+        ("gpu", 1, 17, (jnp.float32, jnp.float32), "fused"),  # unrolled; timed up to T = 16
+        ("gpu", 4, 4, (jnp.float32, jnp.float32), "fused"),  # sharded jit cannot split it
+        ("gpu", 1, 4, (jnp.float32, jnp.float64), "fused"),  # checked in float32 only
+        ("gpu", 1, 4, (jnp.float16, jnp.float32), "fused"),  # and from fp32 and bf16 inputs
+        ("tpu", 1, 4, (jnp.float32, jnp.float32), "fused"),  # lowered for TPU, never run on one
+        ("cpu", 1, 4, (jnp.float32, jnp.float32), "fused"),
+    ],
+)
+def test_auto_runs_pallas_on_one_gpu_only(monkeypatch, backend, devices, steps, dtypes, expected):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(jax, "device_count", lambda: devices)
+    input_dtype, compute_dtype = map(jnp.dtype, dtypes)
+    assert neuron._auto_implementation(steps, input_dtype, compute_dtype) == expected

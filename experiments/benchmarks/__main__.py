@@ -33,9 +33,10 @@ _NOTES = {
         "reference runs it ((T, B, C, H, W), sigmoids inside the step, spikes written into a "
         "preallocated tensor) over this one's; `vs_pytorch_channel_last` the same for the "
         "faster transcription on glif_jax's layout (float32 only, as the reference computes). "
-        "`fused in value_and_grad` is the default path inside a scalar loss, ⟨spikes, g⟩ under "
-        "`jax.jit(jax.value_and_grad(...))`: the same gradients, the spikes times g going to "
-        "XLA's scratch memory and a reduction instead of an output. "
+        "`fused in value_and_grad` (and `pallas in value_and_grad` where Pallas is timed) is "
+        "that path inside a scalar loss, ⟨spikes, g⟩ under `jax.jit(jax.value_and_grad(...))`: "
+        "the same gradients, the spikes times g going to XLA's scratch memory and a reduction "
+        "instead of an output. "
         "`load` is the 1-minute load average before and after."
     ),
     "residuals": (
@@ -67,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--paths",
         default=",".join(glif_speed.PATHS),
-        help="comma-separated, from scan, fused, pallas; pallas/N: Pallas with N rows per block",
+        help="comma-separated, from scan, fused, pallas, pallas/FIELD=N/... (block_rows, sub_rows, "
+        "num_warps: see glif_jax.pallas_glif.PallasConfig)",
     )
     p.add_argument("--repeats", type=int, default=7, help="timed calls per candidate")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch loop")

@@ -23,7 +23,7 @@ from glif_jax import neuron, pallas_glif, surrogates
 
 PATHS = ("scan", "fused", "pallas")
 ARRAYS_MOVED = 4  # x read, spikes written, cotangent read, dx written
-IN_A_LOSS = " in value_and_grad"  # suffix of the rows of the default path inside a scalar loss
+IN_A_LOSS = " in value_and_grad"  # suffix of the rows of a path inside a scalar loss
 
 
 def available_paths(paths: Sequence[str]) -> list[str]:
@@ -33,14 +33,19 @@ def available_paths(paths: Sequence[str]) -> list[str]:
 
 
 def layer(path: str):
-    """``(params, x) → spikes`` of one of :data:`PATHS`, or ``"pallas/N"``: the Pallas kernels
-    with N rows (neurons of a channel) per block instead of the size they pick themselves."""
-    implementation, _, block_rows = path.partition("/")
-    if not block_rows:
+    """``(params, x) → spikes`` of one of :data:`PATHS`, or of the Pallas kernels with some fields
+    of :class:`~glif_jax.pallas_glif.PallasConfig` set, ``"pallas/FIELD=N/..."`` (for example
+    ``"pallas/block_rows=32/sub_rows=2"``), instead of the values they pick themselves."""
+    implementation, *settings = path.split("/")
+    if not settings:
         return functools.partial(neuron.glif, implementation=implementation)
     if implementation != "pallas":
-        raise ValueError(f"only pallas takes a block size (pallas/N), got {path!r}.")
-    config = pallas_glif.PallasConfig(block_rows=int(block_rows))
+        raise ValueError(f"only pallas takes settings (pallas/FIELD=N), got {path!r}.")
+    fields = dict(setting.partition("=")[::2] for setting in settings)
+    unknown = set(fields) - {"block_rows", "sub_rows", "num_warps"}
+    if unknown:
+        raise ValueError(f"unknown Pallas settings {sorted(unknown)} in {path!r}.")
+    config = pallas_glif.PallasConfig(**{k: int(v) for k, v in fields.items()})
 
     def run(params, x):
         # What neuron.glif does for the defaults (soft reset, rectangle, float32 compute).
@@ -119,7 +124,7 @@ def measure(
       dtypes: ``"float32"`` and/or ``"bfloat16"``.
       shape: ``(B, H, W, C)`` (any ``(..., C)``) of one time step.
       paths: implementations of :func:`glif_jax.neuron.glif`, see :data:`PATHS`, or
-        ``"pallas/N"`` (:func:`layer`).
+        ``"pallas/FIELD=N/..."`` (:func:`layer`).
       repeats: timed calls of each candidate (best and median reported).
       compare_torch: also time the PyTorch loops of :data:`TORCH_LOOPS` (float32 only: the
         reference computes in float32).
@@ -135,10 +140,9 @@ def measure(
             dtype = jnp.dtype(dtype_name)
             params, x, g = inputs(steps, shape, dtype)
             candidates = {p: functools.partial(forward_backward(p), params, x, g) for p in paths}
-            if "fused" in paths:
-                candidates["fused" + IN_A_LOSS] = functools.partial(
-                    in_a_loss("fused"), params, x, g
-                )
+            for path in ("fused", "pallas"):
+                if path in paths:
+                    candidates[path + IN_A_LOSS] = functools.partial(in_a_loss(path), params, x, g)
             if compare_torch and dtype == jnp.float32:
                 for name, layout in TORCH_LOOPS.items():
                     candidates[name] = _torch_candidate(params, x, g, layout)
