@@ -177,3 +177,17 @@ def test_auto_runs_pallas_on_one_gpu_only(monkeypatch, backend, devices, steps, 
     monkeypatch.setattr(jax, "device_count", lambda: devices)
     input_dtype, compute_dtype = map(jnp.dtype, dtypes)
     assert neuron._auto_implementation(steps, input_dtype, compute_dtype) == expected
+
+
+def test_glif_asks_auto_which_path_to_run(monkeypatch):
+    params = random_params(np.random.default_rng(8), 8, 4)
+    x = random_input(np.random.default_rng(9), (4, 16, 8))
+
+    def traced():
+        return str(jax.make_jaxpr(lambda x: neuron.glif(params, x))(x))
+
+    assert "pallas_call" not in traced()
+    # As if this CPU were a single GPU (the kernels then run in the interpreter).
+    monkeypatch.setattr(neuron, "_PALLAS_BY_DEFAULT", (jax.default_backend(),))
+    monkeypatch.setattr(jax, "device_count", lambda: 1)
+    assert "pallas_call" in traced()
