@@ -186,8 +186,9 @@ def test_glif_asks_auto_which_path_to_run(monkeypatch):
     def traced():
         return str(jax.make_jaxpr(lambda x: neuron.glif(params, x))(x))
 
-    assert "pallas_call" not in traced()
-    # As if this CPU were a single GPU (the kernels then run in the interpreter).
-    monkeypatch.setattr(neuron, "_PALLAS_BY_DEFAULT", (jax.default_backend(),))
     monkeypatch.setattr(jax, "device_count", lambda: 1)
+    monkeypatch.setattr(neuron, "_PALLAS_BY_DEFAULT", ())
+    assert "pallas_call" not in traced()
+    # As if this backend were a GPU (on the CPU the kernels then run in the interpreter).
+    monkeypatch.setattr(neuron, "_PALLAS_BY_DEFAULT", (jax.default_backend(),))
     assert "pallas_call" in traced()
