@@ -137,14 +137,15 @@ def _round_up(value: int, multiple: int) -> int:
 def _layout(x: jax.Array, config: PallasConfig) -> _Layout:
     steps, channels = x.shape[0], x.shape[-1]
     rows = math.prod(x.shape[1:-1])
-    tile_rows = _default_sub_rows(steps, x.dtype, "tpu")
     sub_rows = config.sub_rows or _default_sub_rows(steps, x.dtype, config.backend)
     _check_power_of_two("sub_rows", sub_rows)
-    if config.backend == "tpu" and not config.interpret and sub_rows % tile_rows:
-        raise ValueError(
-            f"glif_pallas: sub_rows on TPU must be a multiple of {tile_rows} for {x.dtype} "
-            f"inputs, got {sub_rows}."
-        )
+    if config.backend == "tpu" and not config.interpret:
+        tile_rows = _default_sub_rows(steps, x.dtype, "tpu")
+        if sub_rows % tile_rows:
+            raise ValueError(
+                f"glif_pallas: sub_rows on TPU must be a multiple of {tile_rows} for {x.dtype} "
+                f"inputs, got {sub_rows}."
+            )
     if channels % _LANES == 0:
         padded_channels = channels
     elif channels < _LANES:
@@ -155,7 +156,7 @@ def _layout(x: jax.Array, config: PallasConfig) -> _Layout:
     block_rows = config.block_rows
     if block_rows is None:
         fits = max(1, _BLOCK_ELEMENTS // (steps * block_channels))
-        block_rows = min(_MAX_BLOCK_ROWS, pl.next_power_of_2(fits + 1) // 2)
+        block_rows = min(_MAX_BLOCK_ROWS, _power_of_two_at_most(fits))
         block_rows = min(block_rows, pl.next_power_of_2(rows))
     _check_power_of_two("block_rows", block_rows)
     block_rows = max(block_rows, sub_rows)
@@ -182,7 +183,12 @@ def _default_sub_rows(steps: int, dtype, backend: str) -> int:
     # the budget the time falls off a cliff, as spilling to local memory would explain (T = 16:
     # 14.0 ms with 8 rows, 2.2 ms with 2; experiments/benchmarks/results-gpu-h200-tiling.md).
     live = _GPU_LIVE_VALUES // (5 * steps + len(neuron._TERMS))
-    return max(1, min(8, pl.next_power_of_2(live + 1) // 2))
+    return min(8, _power_of_two_at_most(max(1, live)))
+
+
+def _power_of_two_at_most(value: int) -> int:
+    """The largest power of two ≤ ``value`` (≥ 1)."""
+    return pl.next_power_of_2(value + 1) // 2
 
 
 def _check_power_of_two(name: str, value: int) -> None:
