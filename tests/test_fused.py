@@ -67,13 +67,13 @@ def test_unrolled_lengths_match_scan(time_steps):
 @pytest.mark.parametrize("membrane_cotangent", [False, True])
 @pytest.mark.parametrize("channel_wise", [True, False])
 @pytest.mark.parametrize("time_steps", [3, 8])
-@pytest.mark.parametrize("neuron_shape", [(4, 6), (4, 7)])
+@pytest.mark.parametrize("neuron_shape", [(4, 6), (4, 7), (19,)])
 def test_sums_in_loops_match_sums_per_term(
     neuron_shape, time_steps, channel_wise, membrane_cotangent
 ):
     # On the CPU the fused path takes _sums_in_loops; GPU and TPU take _sums_per_term, which the
-    # public API cannot reach here: both against each other, in float64. 4·7 = 28 neurons make
-    # groups of seven.
+    # public API cannot reach here: both against each other, in float64. 4·6 = 24 neurons make
+    # groups of eight, 4·7 = 28 groups of seven, 19 groups of eight and three neurons left over.
     rng = np.random.default_rng(7)
     with jax.enable_x64(True):
         params = random_params(rng, 5 if channel_wise else None, time_steps, dtype=np.float64)
@@ -86,6 +86,30 @@ def test_sums_in_loops_match_sums_per_term(
         per_term = neuron._sums_per_term(*args)
         assert in_loops.shape == per_term.shape == (5 + time_steps, *jnp.shape(coeffs.v_th))
         np.testing.assert_allclose(in_loops, per_term, rtol=1e-12, atol=1e-12)
+
+
+def test_sums_in_loops_reduce_wide_channels_in_slices(monkeypatch):
+    # Channel-wise sums over more than _SUM_CHANNELS channels are reduced in slices of at most
+    # that many (here 2, 2 and 1 of five channels), to the same sums.
+    rng = np.random.default_rng(8)
+    with jax.enable_x64(True):
+        params = random_params(rng, 5, 3, dtype=np.float64)
+        coeffs = neuron.coefficients(params, "soft")
+        x = random_input(rng, (3, 16, 5), np.float64)
+        g = random_input(rng, x.shape, np.float64)
+        whole = neuron._sums_in_loops(x, g, None, coeffs, surrogates.sigmoid(), False)
+        monkeypatch.setattr(neuron, "_SUM_CHANNELS", 2)
+        jaxpr = jax.make_jaxpr(neuron._sums_in_loops, static_argnums=(2, 4, 5))(
+            x, g, None, coeffs, surrogates.sigmoid(), False
+        )
+        sliced = neuron._sums_in_loops(x, g, None, coeffs, surrogates.sigmoid(), False)
+    widths = [
+        eqn.outvars[0].aval.shape[0]
+        for eqn in jaxpr.eqns
+        if eqn.primitive.name == "reduce_sum" and eqn.outvars[0].aval.ndim == 2
+    ]
+    assert sorted(widths) == [1, 2, 2]
+    np.testing.assert_allclose(sliced, whole, rtol=1e-12, atol=1e-12)
 
 
 def test_fused_backward_on_the_cpu_has_no_loop_or_conditional():
@@ -148,11 +172,13 @@ def test_bfloat16_steps_widen_exactly_for_every_bit_pattern():
         np.testing.assert_array_equal(np.asarray(step), want[t])  # NaN equals NaN here
 
 
-@pytest.mark.parametrize("neurons", [17, 210, 1])
-def test_neuron_counts_without_small_divisors_match_scan(neurons):
-    # 17 is prime (one group), 210 = 30·7 (seven groups), 1 neuron per channel: (T, C) inputs.
+@pytest.mark.parametrize("channel_wise", [True, False])
+@pytest.mark.parametrize("neurons", [17, 19, 210, 3, 1])
+def test_neuron_counts_without_small_divisors_match_scan(neurons, channel_wise):
+    # 17 and 19 have no divisor from 2 to 8: groups of eight and one or three neurons summed
+    # apart; 210 = 30·7 makes seven groups, 3 three groups of one; 1 neuron per channel: (T, C).
     rng = np.random.default_rng(5)
-    params = random_params(rng, 3, 4)
+    params = random_params(rng, 3 if channel_wise else None, 4)
     shape = (4, neurons, 3) if neurons > 1 else (4, 3)
     _assert_fused_matches_scan(params, random_input(rng, shape), 2e-5, membrane_cotangent=False)
 
