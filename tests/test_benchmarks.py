@@ -9,11 +9,12 @@ from experiments.benchmarks import __main__ as benchmarks
 from experiments.benchmarks import glif_speed
 
 
-def test_quick_suite_writes_glif_and_residual_tables(tmp_path):
-    argv = ["--quick", "--parts", "glif,residuals", "--time-steps", "2", "--out", str(tmp_path)]
+def test_quick_suite_writes_glif_shape_and_residual_tables(tmp_path):
+    parts = "glif,shapes,residuals"
+    argv = ["--quick", "--parts", parts, "--time-steps", "2", "--out", str(tmp_path)]
     results = benchmarks.main(argv)
     written = json.loads((tmp_path / "results.json").read_text())
-    assert written["parts"].keys() == {"glif", "residuals"}
+    assert written["parts"].keys() == {"glif", "shapes", "residuals"}
     assert "| copy (ceiling) |" in (tmp_path / "results.md").read_text()
     assert {"cpu", "cores", "jax", "backend", "transparent_hugepage"} <= written["machine"].keys()
 
@@ -22,6 +23,10 @@ def test_quick_suite_writes_glif_and_residual_tables(tmp_path):
     assert {("float32", "scan"), ("float32", "fused"), ("bfloat16", "fused")} <= glif.keys()
     assert {("float32", in_a_loss), ("bfloat16", in_a_loss)} <= glif.keys()
     assert all(r["best_ms"] > 0 and r["of_ceiling"] > 0 for r in glif.values())
+
+    shapes = {(r["shape"], r["implementation"]) for r in results["parts"]["shapes"]}
+    assert {("2×4×4×16", "fused"), ("3×5×16", "fused"), ("3×5×16", in_a_loss)} <= shapes
+    assert all(r["T"] == 4 and r["dtype"] == "float32" for r in results["parts"]["shapes"])
 
     rows = written["parts"]["residuals"]
     kept = {(r["choice"], r["dtype"]): r["bytes_per_neuron_step"] for r in rows}

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from experiments.benchmarks import glif_speed, report, residuals, timing
 
-PARTS = ("glif", "residuals", "training")
+PARTS = ("glif", "shapes", "residuals", "training")
 
 _QUICK = {
     "time_steps": "2,4",
     "shape": "2,4,4,16",
+    "shapes": "2,4,4,16;3,5,16",
     "repeats": 2,
     "train_model": "spiking_cnn",
     "train_time_steps": "2",
@@ -38,6 +39,12 @@ _NOTES = {
         "the same gradients, the spikes times g going to XLA's scratch memory and a reduction "
         "instead of an output. "
         "`load` is the 1-minute load average before and after."
+    ),
+    "shapes": (
+        "The glif part's forward+backward in float32 at one T (`--shapes-time-steps`) for layers "
+        "of other shapes (B,H,W,C or B,C of one time step): ResNet-19's three stages at CIFAR "
+        "size, a linear layer, a neuron count with no divisor from 2 to 8 (11²·101), and a "
+        "narrow layer of ten channels; columns as in the glif part."
     ),
     "residuals": (
         "Bytes the backward pass keeps per neuron and time step (arrays of at least one step's "
@@ -65,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--time-steps", default="2,4,6,16", help="T values of the glif part")
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--shape", default="64,16,16,256", help="B,H,W,C of one time step")
+    p.add_argument(
+        "--shapes",
+        default="64,32,32,128;64,16,16,256;64,8,8,512;64,4096;101,11,11,64;64,32,32,10",
+        help="semicolon-separated shapes of one time step for the shapes part",
+    )
+    p.add_argument("--shapes-time-steps", type=int, default=4, help="T of the shapes part")
     p.add_argument(
         "--paths",
         default=",".join(glif_speed.PATHS),
@@ -107,16 +120,24 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": timing.machine() | {"load_at_start": timing.load_average()},
         "parts": {},
     }
+    compare_torch = not args.no_torch and _torch_available()
     if "glif" in parts:
         paths = glif_speed.available_paths(args.paths.split(","))
         if len(paths) < len(args.paths.split(",")):
             notes["glif"] += " Pallas is not timed here: off GPU and TPU it only interprets."
-        compare_torch = not args.no_torch and _torch_available()
         results["parts"]["glif"] = glif_speed.measure(
             _ints(args.time_steps),
             args.dtypes.split(","),
             _ints(args.shape),
             paths,
+            args.repeats,
+            compare_torch,
+        )
+    if "shapes" in parts:
+        results["parts"]["shapes"] = glif_speed.measure_shapes(
+            [_ints(shape) for shape in args.shapes.split(";") if shape],
+            args.shapes_time_steps,
+            glif_speed.available_paths(["fused", "pallas"]),
             args.repeats,
             compare_torch,
         )

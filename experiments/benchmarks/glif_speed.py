@@ -173,6 +173,22 @@ def measure(
     return rows
 
 
+def measure_shapes(
+    shapes: Sequence[Sequence[int]],
+    time_steps: int,
+    paths: Sequence[str],
+    repeats: int,
+    compare_torch: bool,
+) -> list[dict]:
+    """:func:`measure` in float32 at one T for each of several shapes of one time step (layers
+    of a network, a linear layer, odd neuron counts), one row per (shape, implementation)."""
+    rows = []
+    for shape in shapes:
+        for row in measure([time_steps], ["float32"], shape, paths, repeats, compare_torch):
+            rows.append({"shape": "×".join(map(str, shape))} | row)
+    return rows
+
+
 def _row(steps, dtype_name, name, times, arrays_moved, x, ceiling_time) -> dict:
     best = min(times)
     gbs = arrays_moved * x.nbytes / best / 1e9
