@@ -607,7 +607,7 @@ def _glif_scan(x, coeffs, surrogate, detach_reset):
 #      see _sums_in_loops; elsewhere one reduction per term, which XLA fuses into one kernel.
 # For T > 8 (_UNROLL_MAX_T) the time loop is a lax.scan in both directions.
 
-_MAX_GROUPS = 8  # neurons summed inside the loops of step 2: each writes at most N/8 rows.
+_MAX_GROUPS = 8  # neurons summed inside the loops of step 2, see _group_count.
 _MAX_TERMS_PER_LOOP = 11  # beyond it LLVM stops sharing the recurrences between the terms.
 _SUM_CHANNELS = 1024  # channels per reduction of the loops' partial sums, see _sum_over_rows.
 # The per-neuron gradient terms, summed over time, in this order; then gu_t·x_t for every t.
@@ -791,9 +791,8 @@ def _sums_in_loops(x, g_spikes, g_membrane, coeffs: GLIFCoefficients, surrogate,
     for first, stop in itertools.pairwise(bounds):
         totals = None
         for j in range(groups):
-            found = _gradient_terms(*(group(a, j) for a in arrays), coeffs, surrogate, detach)[
-                first:stop
-            ]
+            terms = _gradient_terms(*(group(a, j) for a in arrays), coeffs, surrogate, detach)
+            found = terms[first:stop]
             totals = (
                 found if totals is None else [a + b for a, b in zip(totals, found, strict=True)]
             )
