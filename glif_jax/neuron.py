@@ -746,8 +746,8 @@ def _gradient_terms(xs, g_spikes, g_membranes, coeffs: GLIFCoefficients, surroga
 
 
 def _group_count(neurons: int) -> int:
-    """J, the largest divisor of the neuron count up to ``_MAX_GROUPS`` if it is at least half of
-    that, else ``_MAX_GROUPS`` (the neurons left over are summed apart)."""
+    """J, the largest divisor of the neuron count N up to ``_MAX_GROUPS`` if it is at least half
+    of that, else ``_MAX_GROUPS`` (the N mod J neurons left over are summed apart) or N if less."""
     divisor = max(d for d in range(1, _MAX_GROUPS + 1) if neurons % d == 0)
     return divisor if divisor >= _MAX_GROUPS // 2 else min(_MAX_GROUPS, neurons)
 
