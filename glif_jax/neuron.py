@@ -776,13 +776,14 @@ def _sums_in_loops(x, g_spikes, g_membrane, coeffs: GLIFCoefficients, surrogate,
     neurons = math.prod(x.shape[1:-1])
     groups = _group_count(neurons)
     grouped = neurons - neurons % groups
-    arrays = (x, g_spikes, g_membrane)
+    arrays = [
+        None if a is None else a.reshape(steps, neurons, channels)
+        for a in (x, g_spikes, g_membrane)
+    ]
+    patterns = [None if a is None else _bit_patterns(a) for a in arrays]
 
     def group(a, j):
-        if a is None:
-            return None
-        a = _bit_patterns(a).reshape(steps, neurons, channels)
-        return [_widened(a[t, j:grouped:groups]) for t in range(steps)]
+        return None if a is None else [_widened(a[t, j:grouped:groups]) for t in range(steps)]
 
     count = len(_TERMS) + steps
     loops = math.ceil(count / _MAX_TERMS_PER_LOOP)
@@ -791,7 +792,7 @@ def _sums_in_loops(x, g_spikes, g_membrane, coeffs: GLIFCoefficients, surrogate,
     for first, stop in itertools.pairwise(bounds):
         totals = None
         for j in range(groups):
-            terms = _gradient_terms(*(group(a, j) for a in arrays), coeffs, surrogate, detach)
+            terms = _gradient_terms(*(group(a, j) for a in patterns), coeffs, surrogate, detach)
             found = terms[first:stop]
             totals = (
                 found if totals is None else [a + b for a, b in zip(totals, found, strict=True)]
@@ -805,7 +806,7 @@ def _sums_in_loops(x, g_spikes, g_membrane, coeffs: GLIFCoefficients, surrogate,
     sums = jnp.moveaxis(jnp.concatenate(sums, axis=-1), -1, 0)
     if grouped == neurons:
         return sums
-    rest = [None if a is None else a.reshape(steps, neurons, channels)[:, grouped:] for a in arrays]
+    rest = [None if a is None else a[:, grouped:] for a in arrays]
     return sums + _sums_per_term(*rest, coeffs, surrogate, detach)
 
 
