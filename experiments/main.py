@@ -71,7 +71,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # checkpointing logs every save at INFO
     initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    from experiments import input_pipeline, train
+    from experiments import checkpointing, data, train
 
     config = FLAGS.config
     try:
@@ -90,7 +90,12 @@ def main(argv):
                 f"{result['source']}: test loss {result['loss']:.4f}, top-1 {result['top1']:.2f}%, "
                 f"top-5 {result['top5']:.2f}% over {result['count']} examples"
             )
-    except (input_pipeline.DatasetNotPreparedError, train.CheckpointMismatchError) as error:
+    except (
+        data.DatasetNotPreparedError,
+        checkpointing.CheckpointMismatchError,
+        checkpointing.CheckpointCorruptError,
+        train.NonFiniteError,
+    ) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         sys.exit(130)

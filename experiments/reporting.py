@@ -13,77 +13,149 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from glif_jax import neuron
 from glif_jax import nn as glif_nn
-
-PARAM_NAMES = ("alpha", "beta", "gamma", "tau", "v_th", "leak", "v_reset", "conduct")
-PARAM_LABELS = {
-    "alpha": "α (decay gate)",
-    "beta": "β (coding gate)",
-    "gamma": "γ (reset gate)",
-    "tau": "τ (exponential decay)",
-    "v_th": "V_th (threshold)",
-    "leak": "ℓ (linear decay)",
-    "v_reset": "V_reset (soft reset)",
-    "conduct": "gᵗ (conductance)",
-}
 
 
 class Window:
-    """Training metrics accumulated on device between two log lines."""
+    """Training metrics accumulated on device between two log lines, and the guard against a
+    non-finite loss: the first step whose loss was not finite, and the last finite loss.
+
+    Accumulating costs no device-to-host transfer; :meth:`flush` (at a log line) and
+    :meth:`check` (before a checkpoint) read the window back.
+    """
 
     def __init__(self):
-        self.sums: dict[str, Any] | None = None
+        self.last_finite: dict[str, float] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.totals: dict[str, Any] | None = None
         self.steps = 0
         self.examples = 0
         self.start = time.perf_counter()
 
-    def add(self, metrics: dict[str, jax.Array], batch_size: int) -> None:
-        self.sums = (
-            metrics if self.sums is None else jax.tree.map(lambda a, b: a + b, self.sums, metrics)
-        )
+    def add(self, metrics: dict[str, jax.Array], step: int, batch_size: int) -> None:
+        """Add the metrics of ``step`` (``loss``, ``top1``, ``top5``) on device."""
+        if self.totals is None:
+            self.totals = _first_totals(metrics)
+        self.totals = _accumulate(self.totals, metrics, step)
         self.steps += 1
         self.examples += batch_size
 
-    def flush(self) -> dict[str, float]:
-        """Means over the window (top-k in percent) and the throughput; starts a new window."""
-        sums = jax.device_get(self.sums)
+    def check(self) -> tuple[int | None, dict[str, float] | None]:
+        """The first step of the window so far whose loss was not finite (or ``None``), and the
+        last finite loss with its step (or ``None``); reads the window back from the device."""
+        if self.totals is None:
+            return None, self.last_finite
+        first, last = jax.device_get((self.totals["first_non_finite"], self.totals["last_finite"]))
+        return (None if first < 0 else int(first)), self._last_finite(last) or self.last_finite
+
+    @staticmethod
+    def _last_finite(last) -> dict[str, float] | None:
+        step, loss = int(last[0]), float(last[1])
+        return None if step < 0 else {"step": step, "loss": loss}
+
+    def flush(self) -> dict[str, Any]:
+        """Means over the window (top-k in percent) and the throughput; starts a new window.
+
+        ``first_non_finite_step`` is the first step of the window whose loss was not finite (or
+        ``None``) and ``last_finite`` the last finite loss and its step so far.
+        """
+        totals = jax.device_get(self.totals)
         elapsed = time.perf_counter() - self.start
-        out = {k: float(v) / self.steps for k, v in sums.items()}
+        out = {k: float(v) / self.steps for k, v in totals["sums"].items()}
         for k in ("top1", "top5"):
             out[k] *= 100.0
         out["images_per_s"] = self.examples / max(elapsed, 1e-9)
-        self.__init__()
+        first = int(totals["first_non_finite"])
+        out["first_non_finite_step"] = None if first < 0 else first
+        self.last_finite = self._last_finite(totals["last_finite"]) or self.last_finite
+        out["last_finite"] = self.last_finite
+        self._reset()
         return out
+
+
+def _first_totals(metrics: dict[str, jax.Array]) -> dict[str, Any]:
+    return {
+        "sums": jax.tree.map(jnp.zeros_like, metrics),
+        "first_non_finite": jnp.asarray(-1, jnp.int32),
+        "last_finite": jnp.asarray([-1.0, 0.0], jnp.float32),  # (step, loss)
+    }
+
+
+@jax.jit
+def _accumulate(totals, metrics, step):
+    finite = jnp.isfinite(metrics["loss"])
+    first = totals["first_non_finite"]
+    return {
+        "sums": jax.tree.map(jnp.add, totals["sums"], metrics),
+        "first_non_finite": jnp.where((first < 0) & ~finite, step, first),
+        "last_finite": jnp.where(
+            finite,
+            jnp.stack([jnp.float32(step), metrics["loss"].astype(jnp.float32)]),
+            totals["last_finite"],
+        ),
+    }
+
+
+def _json_value(value):
+    """``value`` with every non-finite float as ``None``, so that the JSON is strict."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def strict_json(value, **kwargs) -> str:
+    """``json.dumps`` that writes non-finite numbers as ``null`` instead of NaN or Infinity."""
+    return json.dumps(_json_value(value), allow_nan=False, **kwargs)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file; a last line cut short by a killed process is skipped."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 class RunLog:
     """``metrics.jsonl``, TensorBoard events, the progress bar and printed lines of a run.
 
-    On resume, lines of ``metrics.jsonl`` written after the restored step are dropped, so that
+    ``metrics.jsonl`` holds one strict JSON object a line: non-finite numbers are written as
+    ``null``. On resume (:meth:`start`), lines written after the restored step are dropped, so that
     the file reads as if the run had never stopped.
     """
 
-    def __init__(self, workdir: Path, *, enabled: bool, resume_step: int = 0):
+    def __init__(self, workdir: Path, *, enabled: bool):
         self.workdir = workdir
         self.enabled = enabled
         self.path = workdir / "metrics.jsonl"
         self.writer = None
-        if not enabled:
+        if enabled:
+            workdir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, resume_step: int = 0) -> None:
+        """Open the logs for a run that starts (or resumes) after step ``resume_step``."""
+        if not self.enabled:
             return
-        workdir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+            write_atomically(self.path, "".join(strict_json(r) + "\n" for r in kept))
         from tensorboardX import SummaryWriter
 
-        self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
+        self.writer = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=resume_step + 1)
 
     def print(self, line: str) -> None:
         if self.enabled:
@@ -106,12 +178,15 @@ class RunLog:
 
     def _write(self, record: dict) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(strict_json(record) + "\n")
 
     def train(self, step: int, epoch: int, summary: dict[str, float], lr: float) -> None:
         if not self.enabled:
             return
-        record = {"step": step, "epoch": epoch, "split": "train", **summary, "learning_rate": lr}
+        kept = {
+            k: v for k, v in summary.items() if k not in ("first_non_finite_step", "last_finite")
+        }
+        record = {"step": step, "epoch": epoch, "split": "train", **kept, "learning_rate": lr}
         self._write(record)
         for key in ("loss", "top1", "top5", "images_per_s", "learning_rate"):
             self.writer.add_scalar(f"train/{key}", record[key], step)
@@ -132,7 +207,7 @@ class RunLog:
     def finish(self, summary: dict[str, Any], records: GlifRecords) -> None:
         if not self.enabled:
             return
-        (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_atomically(self.workdir / "summary.json", strict_json(summary, indent=2) + "\n")
         plot_learning_curve(self.path, self.workdir / "learning_curve.png")
         records.plot(self.workdir / "glif_params.png")
         self.writer.close()
@@ -186,7 +261,7 @@ class GlifRecords:
         self.epochs.append(epoch)
         for path, layer in layers.items():
             params = jax.device_get(layer.params)
-            for name in PARAM_NAMES:
+            for name in neuron.PARAM_NAMES:
                 value = getattr(params, name)
                 if value is not None:
                     self.values.setdefault(f"{path}/{name}", []).append(np.asarray(value))
@@ -202,7 +277,7 @@ class GlifRecords:
         plot_glif_params({k: np.stack(v) for k, v in self.values.items()}, self.epochs, path)
 
 
-def _figure(**kwargs):
+def figure(**kwargs):
     # A pyplot-free figure: plotting from a training run never touches the caller's backend.
     from matplotlib.figure import Figure
 
@@ -210,10 +285,10 @@ def _figure(**kwargs):
 
 
 def plot_learning_curve(metrics_path: Path, out: Path) -> None:
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    records = read_jsonl(metrics_path)
     train = [r for r in records if r["split"] == "train"]
     test = [r for r in records if r["split"] == "test"]
-    fig = _figure(figsize=(10, 3.6))
+    fig = figure(figsize=(10, 3.6))
     ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
     ax_loss.plot([r["step"] for r in test], [r["loss"] for r in test], "o-", label="test")
@@ -231,10 +306,10 @@ def plot_learning_curve(metrics_path: Path, out: Path) -> None:
 def plot_glif_params(values: dict[str, np.ndarray], epochs: list[int], out: Path) -> None:
     """Box plots per layer of each parameter's σ(raw) values, first vs last record."""
     layers = list(dict.fromkeys(k.rsplit("/", 1)[0] for k in values))
-    names = [n for n in PARAM_NAMES if any(k.endswith("/" + n) for k in values)]
+    names = [n for n in neuron.PARAM_NAMES if any(k.endswith("/" + n) for k in values)]
     cols = 4
     rows = math.ceil(len(names) / cols)
-    fig = _figure(figsize=(4 * cols, 3.2 * rows))
+    fig = figure(figsize=(4 * cols, 3.2 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     positions = np.arange(len(layers))
     for ax, name in zip(axes.flat, names, strict=False):
@@ -255,7 +330,7 @@ def plot_glif_params(values: dict[str, np.ndarray], epochs: list[int], out: Path
                 patch.set(facecolor=color, alpha=0.5)
             ax.plot([], [], color=color, lw=6, alpha=0.5, label=label)
         ax.set(
-            title=PARAM_LABELS[name],
+            title=neuron.param_label(name),
             xlabel="GLIF layer (network order)",
             ylabel="σ(raw) value",
             ylim=(0, 1),
@@ -268,3 +343,11 @@ def plot_glif_params(values: dict[str, np.ndarray], epochs: list[int], out: Path
     fig.suptitle("GLIF parameters per layer, at initialisation and after training")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a process killed while
+    writing leaves the old file whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -3,13 +3,17 @@
 The shape of the Flax examples: :func:`create_train_state`, :func:`train_step`, :func:`eval_step`
 and :func:`train_and_evaluate`. One ``jax.jit`` train step runs over a 1-D mesh of all devices:
 the batch is sharded along it and the state replicated, so BatchNorm statistics are those of the
-global batch (tdBN survives data parallelism, unlike the reference's SyncBN conversion).
+global batch (tdBN survives data parallelism, unlike the reference's SyncBN conversion,
+docs/reference.md §5.5). The mesh is also set in context while the steps are traced, so that the
+GLIF layers run their Pallas kernels per device (:mod:`glif_jax.kernels.pallas`).
 
-A run is resumable at any point: the state (parameters, BN statistics, optimizer state, step, RNG)
-is checkpointed every ``checkpoint_every_steps`` steps, at the end of every epoch and on SIGTERM or
-Ctrl-C; the input pipeline's position is the step itself, because every batch is a pure function
-of (seed, epoch, step). Started again with the same command, a run continues where it stopped and
-ends with the same parameters as an uninterrupted one.
+A run is resumable at any point: the state (parameters, BN statistics, optimizer state, step) is
+checkpointed every ``checkpoint_every_steps`` steps, at the end of every epoch and on SIGTERM or
+Ctrl-C (:mod:`experiments.checkpointing`); the input pipeline's position is the step itself,
+because every batch is a pure function of (seed, epoch, step). Started again with the same
+command, a run continues where it stopped and ends with the same parameters as an uninterrupted
+one. A loss that turns non-finite stops the run (:class:`NonFiniteError`) without writing a
+checkpoint, so ``latest`` always holds finite parameters.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import functools
 import json
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,42 +33,33 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import input_pipeline, reporting
+from experiments import data, recipe, reporting
+from experiments.checkpointing import Checkpoints, config_fingerprint
 from glif_jax import models
 from glif_jax import nn as glif_nn
 
-GATE_PARAMS = frozenset({"alpha", "beta", "gamma"})
-NEURON_PARAMS = frozenset({"tau", "v_th", "leak", "v_reset", "conduct"})
-
-# Keys that define what a checkpoint holds: resuming with a different value is an error.
-_STATE_DEFINING_KEYS = (
-    "dataset",
-    "model",
-    "model_options",
-    "time_steps",
-    "compute_dtype",
-    "batch_size",
-    "num_epochs",
-    "seed",
-    "learning_rate",
-    "momentum",
-    "weight_decay",
-    "gate_lr_scale",
-    "lr_period_epochs",
-    "loss",
-    "tet_lambda",
-    "tet_means",
-    "label_smoothing",
-)
+__all__ = [
+    "Graphs",
+    "NonFiniteError",
+    "TrainState",
+    "Trainer",
+    "build_model",
+    "create_train_state",
+    "eval_step",
+    "evaluate",
+    "make_mesh",
+    "train_and_evaluate",
+    "train_step",
+]
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint in the workdir was written by a different config."""
+class NonFiniteError(FloatingPointError):
+    """The training loss (or the parameters) turned non-finite; the run stopped without writing a
+    checkpoint of that state."""
 
 
 @jax.tree_util.register_dataclass
@@ -77,14 +72,12 @@ class TrainState:
       params: the model's ``nnx.Param`` state.
       batch_stats: the model's ``nnx.BatchStat`` state (BN running statistics).
       opt_state: the optax state.
-      rng: raw key data (uint32) for any stochastic layer; GLIF networks use none today.
     """
 
     step: jax.Array
     params: nnx.State
     batch_stats: nnx.State
     opt_state: optax.OptState
-    rng: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +93,7 @@ class Graphs:
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
-    """The network a config names, with its neuron options."""
+    """The network a config names, with its model options and compute dtype."""
     options = {k: v for k, v in config.model_options.to_dict().items() if v is not None}
     if config.compute_dtype != "float32":
         options["dtype"] = jnp.dtype(config.compute_dtype)
@@ -113,118 +106,27 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, rngs: nnx.R
     )
 
 
-def param_group(path: tuple) -> str:
-    """The optimizer group of a parameter, by its name as the reference does (spec §4.1).
-
-    Args:
-      path: the parameter's pytree path in the model's ``nnx.State``; its last dictionary key is
-        the attribute name (``kernel``, ``alpha``...), followed by the Variable's ``.value``.
-    """
-    name = next(str(k.key) for k in reversed(path) if isinstance(k, jax.tree_util.DictKey))
-    if name in GATE_PARAMS:
-        return "gates"
-    if name in NEURON_PARAMS:
-        return "neuron"
-    return "weights"  # conv, linear and BN affine parameters
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int):
-    """The reference's cosine, constant within an epoch: lr·(1 + cos(π·e/period))/2.
-
-    ``e`` is the 0-based epoch of the step; ``period`` is ``num_epochs`` unless
-    ``lr_period_epochs`` is set (torch's CosineAnnealingLR is periodic beyond T_max). The rates
-    are computed per epoch in float64, so that the last epochs' small rates are exact in float32.
-    """
-    period = config.lr_period_epochs or config.num_epochs
-    epochs = np.arange(config.num_epochs, dtype=np.float64)
-    table = jnp.asarray(
-        config.learning_rate * (1 + np.cos(np.pi * epochs / period)) / 2, jnp.float32
-    )
-
-    def schedule(step):
-        return table[jnp.minimum(jnp.floor_divide(step, steps_per_epoch), len(table) - 1)]
-
-    return schedule
-
-
-def create_optimizer(
-    config: ml_collections.ConfigDict, params: nnx.State, steps_per_epoch: int
-) -> optax.GradientTransformation:
-    """SGD with momentum in torch's convention, three parameter groups (spec §4.1).
-
-    Conv, linear and BN parameters get ``weight_decay`` (added to the gradient before the
-    momentum, as torch's SGD); the GLIF parameters get none; the gates α, β, γ run at
-    ``learning_rate · gate_lr_scale``.
-    """
-    schedule = learning_rate_schedule(config, steps_per_epoch)
-
-    def sgd(lr_scale: float, weight_decay: float):
-        return optax.chain(
-            optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
-            optax.sgd(lambda step: lr_scale * schedule(step), momentum=config.momentum),
-        )
-
-    labels = jax.tree_util.tree_map_with_path(lambda path, _: param_group(path), params)
-    return optax.multi_transform(
-        {
-            "weights": sgd(1.0, config.weight_decay),
-            "neuron": sgd(1.0, 0.0),
-            "gates": sgd(config.gate_lr_scale, 0.0),
-        },
-        labels,
-    )
-
-
 def create_train_state(
     config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int
 ) -> tuple[Graphs, TrainState, optax.GradientTransformation]:
     """Build the model and optimizer; returns the graphs, the initial state and the optimizer."""
-    key = jax.random.key(config.seed)
-    init_key, state_key = jax.random.split(key)
-    model = build_model(config, num_classes, nnx.Rngs(params=init_key))
+    model = build_model(config, num_classes, nnx.Rngs(params=jax.random.key(config.seed)))
     model.train()
     train_graph, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     model.eval()
     eval_graph = nnx.graphdef(model)
-    tx = create_optimizer(config, params, steps_per_epoch)
+    tx = recipe.create_optimizer(recipe.Recipe.from_config(config), params, steps_per_epoch)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=batch_stats,
         opt_state=tx.init(params),
-        rng=jax.random.key_data(state_key),
     )
     return Graphs(train=train_graph, eval=eval_graph), state, tx
 
 
 # ------------------------------------------------------------------------------------------------
 # Steps
-
-
-def _cross_entropy(logits, labels, label_smoothing):
-    num_classes = logits.shape[-1]
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-    return optax.softmax_cross_entropy(logits, targets)
-
-
-def compute_loss(per_step_logits, labels, config) -> jax.Array:
-    """Mean cross-entropy of the mean-over-T logits (the reference), or the TET loss.
-
-    TET (Deng et al., ICLR 2022): ``(1 − λ)·mean_t CE(o_t, y) + λ·mean_t MSE(o_t, means)``.
-
-    Args:
-      per_step_logits: ``(T, B, n)`` float32.
-      labels: ``(B,)`` int32.
-    """
-    if config.loss == "cross_entropy":
-        return jnp.mean(_cross_entropy(per_step_logits.mean(0), labels, config.label_smoothing))
-    if config.loss == "tet":
-        per_step = jax.vmap(lambda z: _cross_entropy(z, labels, config.label_smoothing))(
-            per_step_logits
-        )
-        regulariser = jnp.mean(jnp.square(per_step_logits - config.tet_means))
-        return (1 - config.tet_lambda) * jnp.mean(per_step) + config.tet_lambda * regulariser
-    raise ValueError(f"unknown loss {config.loss!r}; expected 'cross_entropy' or 'tet'.")
 
 
 def _topk_correct(logits, labels, k):
@@ -238,21 +140,32 @@ def train_step(
     *,
     graph: nnx.GraphDef,
     tx: optax.GradientTransformation,
-    config: ml_collections.ConfigDict,
+    loss: recipe.Recipe,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step on a (global) batch: ``image`` ``(B, ...)``, ``label`` ``(B,)``."""
+    """One optimizer step on a (global) batch.
+
+    Args:
+      state: the training state.
+      batch: ``image`` ``(B, ...)`` and ``label`` ``(B,)``.
+      graph: the model's graph in training mode.
+      tx: the optimizer.
+      loss: the recipe whose loss is minimised (:func:`experiments.recipe.compute_loss`).
+
+    Returns:
+      The new state, and the batch's ``loss``, ``top1`` and ``top5`` (fractions).
+    """
 
     def loss_fn(params):
         model = nnx.merge(graph, params, state.batch_stats, copy=True)
         per_step_logits = model(batch["image"], per_step=True).astype(jnp.float32)
-        loss = compute_loss(per_step_logits, batch["label"], config)
-        return loss, (per_step_logits.mean(0), nnx.state(model, nnx.BatchStat))
+        value = recipe.compute_loss(per_step_logits, batch["label"], loss)
+        return value, (per_step_logits.mean(0), nnx.state(model, nnx.BatchStat))
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (value, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
-        "loss": loss,
+        "loss": value,
         "top1": jnp.mean(_topk_correct(logits, batch["label"], 1)),
         "top5": jnp.mean(_topk_correct(logits, batch["label"], min(5, logits.shape[-1]))),
     }
@@ -265,7 +178,8 @@ def train_step(
 def eval_step(
     state: TrainState, batch: dict[str, jax.Array], *, graph: nnx.GraphDef
 ) -> dict[str, jax.Array]:
-    """Sums over the real (``mask``) examples of a padded evaluation batch."""
+    """Sums over the real (``mask``) examples of a padded evaluation batch: ``loss``, ``top1``,
+    ``top5`` and ``count``."""
     model = nnx.merge(graph, state.params, state.batch_stats, copy=True)
     logits = model(batch["image"]).astype(jnp.float32)
     mask = batch["mask"].astype(jnp.float32)
@@ -277,6 +191,11 @@ def eval_step(
         "top5": jnp.sum(_topk_correct(logits, labels, min(5, logits.shape[-1])) * mask),
         "count": jnp.sum(mask),
     }
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -305,7 +224,6 @@ class Trainer:
     """The compiled steps of one config on one mesh, and host-to-device batch transfer."""
 
     def __init__(self, config, num_classes: int, steps_per_epoch: int, mesh):
-        self.config = config
         self.mesh = mesh
         self.graphs, state, self.tx = create_train_state(config, num_classes, steps_per_epoch)
         self.replicated = NamedSharding(mesh, P())
@@ -315,17 +233,36 @@ class Trainer:
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated),
             self.initial_state,
         )
-        self.train_step = jax.jit(
-            functools.partial(train_step, graph=self.graphs.train, tx=self.tx, config=config),
+        step = functools.partial(
+            train_step,
+            graph=self.graphs.train,
+            tx=self.tx,
+            loss=recipe.Recipe.from_config(config),
+        )
+        self._train_step = jax.jit(
+            step,
             in_shardings=(self.replicated, self.batch_sharding),
             out_shardings=(self.replicated, self.replicated),
             donate_argnums=0,
         )
-        self.eval_step = jax.jit(
+        self._eval_step = jax.jit(
             functools.partial(eval_step, graph=self.graphs.eval),
             in_shardings=(self.replicated, self.batch_sharding),
             out_shardings=self.replicated,
         )
+
+    # The mesh is in context while the steps are traced: the GLIF layers read it to run their
+    # kernels per device.
+
+    def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        """:func:`train_step`, jitted over the mesh; ``state`` is donated."""
+        with jax.set_mesh(self.mesh):
+            return self._train_step(state, batch)
+
+    def eval_step(self, state: TrainState, batch) -> dict[str, jax.Array]:
+        """:func:`eval_step`, jitted over the mesh."""
+        with jax.set_mesh(self.mesh):
+            return self._eval_step(state, batch)
 
     def model(self, state: TrainState) -> nnx.Module:
         """The network with ``state``'s parameters, in evaluation mode."""
@@ -338,10 +275,15 @@ class Trainer:
             for k, v in local_batch.items()
         }
 
+    def all_finite(self, state: TrainState) -> bool:
+        """Whether every parameter and BN statistic of ``state`` is finite."""
+        return bool(_all_finite((state.params, state.batch_stats)))
+
     def compile_report(self, example_batch) -> str:
         """Compile the train step ahead of time; returns a line on its memory and compile time."""
         start = time.perf_counter()
-        compiled = self.train_step.lower(self.initial_state, example_batch).compile()
+        with jax.set_mesh(self.mesh):
+            compiled = self._train_step.lower(self.initial_state, example_batch).compile()
         seconds = time.perf_counter() - start
         memory = compiled.memory_analysis()
         if memory is None:
@@ -354,134 +296,10 @@ class Trainer:
         )
 
 
-# ------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def config_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return {
-        key: json.loads(json.dumps(config[key], default=lambda o: o.to_dict()))
-        for key in _STATE_DEFINING_KEYS
-    }
-
-
-class Checkpoints:
-    """``latest/`` (every few steps, each epoch, on interruption) and ``best/`` (best top-1)."""
-
-    def __init__(self, workdir: Path, max_to_keep: int):
-        root = (workdir / "checkpoints").absolute()
-
-        def options(name: str, max_to_keep: int) -> ocp.CheckpointManagerOptions:
-            # Each manager its own barrier keys: the two save the same step numbers, and with
-            # shared keys one save's cross-process barrier could be met by the other's.
-            multiprocessing = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
-            return ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, create=True, multiprocessing_options=multiprocessing
-            )
-
-        self.latest = ocp.CheckpointManager(root / "latest", options=options("latest", max_to_keep))
-        self.best = ocp.CheckpointManager(root / "best", options=options("best", 1))
-
-    @staticmethod
-    def _save(manager, state: TrainState, meta: dict) -> None:
-        step = int(jax.device_get(state.step))
-        if step in manager.all_steps():
-            return
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-        )
-
-    # One manager's save in flight at a time, so that every process meets the barriers of the
-    # two managers' background threads in one order.
-
-    def save_latest(self, state: TrainState, meta: dict) -> None:
-        self.best.wait_until_finished()
-        self._save(self.latest, state, meta)
-
-    def save_best(self, state: TrainState, meta: dict) -> None:
-        self.latest.wait_until_finished()
-        self._save(self.best, state, meta)
-
-    def restore(
-        self, abstract_state: TrainState, fingerprint: dict, which: str = "latest"
-    ) -> tuple[TrainState, dict] | None:
-        """The newest checkpoint of ``which`` (``latest`` or ``best``), or None if there is none.
-
-        Raises:
-          CheckpointMismatchError: the checkpoint was written by a different config, or its
-            arrays do not match this model.
-        """
-        manager = self.latest if which == "latest" else self.best
-        step = manager.latest_step()
-        if step is None:
-            return None
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        saved = meta.get("config", {})
-        differences = {
-            key: (saved.get(key), fingerprint[key])
-            for key in fingerprint
-            if saved.get(key) != fingerprint[key]
-        }
-        if differences:
-            lines = "\n".join(
-                f"  {key}: checkpoint has {was!r}, config has {now!r}"
-                for key, (was, now) in differences.items()
-            )
-            raise CheckpointMismatchError(
-                f"the checkpoint at step {step} in {manager.directory} was written by a "
-                f"different config:\n{lines}\nUse a new --workdir, or the config it was written "
-                "with."
-            )
-        try:
-            restored = manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state),
-                    meta=ocp.args.JsonRestore(),
-                ),
-            )
-        except ValueError as error:
-            raise CheckpointMismatchError(
-                f"the checkpoint at step {step} in {manager.directory} does not match the model "
-                f"of this config: {error}"
-            ) from error
-        return restored["state"], restored["meta"]
-
-    def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
-
-
-@contextlib.contextmanager
-def _stop_requests():
-    """Turn SIGTERM into a flag so that the loop can checkpoint before exiting."""
-    requested = {"stop": False}
-
-    def handler(signum, frame):
-        requested["stop"] = True
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield requested
-        return
-    try:
-        yield requested
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-# ------------------------------------------------------------------------------------------------
-# The loop
-
-
 def evaluate_dataset(trainer: Trainer, state: TrainState, config) -> dict[str, float]:
     """Loss, top-1 and top-5 (percent) over the whole evaluation split, across every host."""
     totals = None
-    for local in input_pipeline.eval_batches(
+    for local in data.eval_batches(
         config.dataset,
         data_dir=config.data_dir,
         global_batch_size=config.batch_size,
@@ -500,17 +318,230 @@ def evaluate_dataset(trainer: Trainer, state: TrainState, config) -> dict[str, f
     }
 
 
-def _train_batches(config, epoch: int, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-    return input_pipeline.train_batches(
-        config.dataset,
-        data_dir=config.data_dir,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        epoch=epoch,
-        start_step=start_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+# ------------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclasses.dataclass
+class Progress:
+    """What a checkpoint's ``meta`` holds besides the state: the best end-of-epoch test top-1 (as
+    the paper reports), the last evaluation and the wall time so far."""
+
+    best_test_top1: float | None = None
+    last_eval: dict[str, float] | None = None
+    wall_time_s: float = 0.0
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """SIGTERM as a flag, so that the loop can checkpoint before it exits."""
+    requested = {"stop": False}
+
+    def handler(signum, frame):
+        requested["stop"] = True
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield requested
+        return
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Run:
+    """The loop's state and its side effects: checkpoints, logs, records and the guard against a
+    non-finite loss."""
+
+    def __init__(self, config, workdir: Path):
+        self.config = config
+        self.workdir = workdir
+        data.check_prepared(config.dataset, config.data_dir)  # before compiling anything
+        self.info = data.dataset_info(config.dataset)
+        self.steps_per_epoch = data.steps_per_epoch(config.dataset, config.batch_size)
+        total = self.steps_per_epoch * config.num_epochs
+        self.stop_step = min(config.num_train_steps, total) if config.num_train_steps > 0 else total
+        is_chief = jax.process_index() == 0
+        self.log = reporting.RunLog(workdir, enabled=is_chief)
+        self.trainer = Trainer(
+            config, self.info.num_classes, self.steps_per_epoch, make_mesh(config.batch_size)
+        )
+        self.checkpoints = Checkpoints(
+            workdir, config.max_to_keep, config_fingerprint(config), report=self.log.print
+        )
+        restored = self.checkpoints.restore(self.trainer.abstract_state)
+        self.state, meta = restored or (self.trainer.initial_state, {})
+        self.progress = Progress(**meta)
+        self.step = int(jax.device_get(self.state.step))
+        self.log.start(resume_step=self.step)
+        self.records = reporting.GlifRecords(workdir / "glif_params.npz", enabled=is_chief)
+        if self.step == 0:
+            self.records.reset(glif_nn.glif_layers(self.trainer.model(self.state)))
+        else:
+            self.records.load(completed_epochs=self.step // self.steps_per_epoch)
+            self.log.print(f"resuming {workdir} at step {self.step} (epoch {self.epoch})")
+        self.log.print(
+            f"{config.model} on {config.dataset}: {self.info.num_train} train / "
+            f"{self.info.num_eval} test examples, T={config.time_steps}, global batch "
+            f"{config.batch_size} on {jax.device_count()} {jax.devices()[0].platform} device(s) "
+            f"in {jax.process_count()} process(es); {self.steps_per_epoch} steps per epoch"
+        )
+        self.window = reporting.Window()
+        self.schedule = recipe.learning_rate_schedule(
+            recipe.Recipe.from_config(config), self.steps_per_epoch
+        )
+        self.wall_start = time.perf_counter() - self.progress.wall_time_s
+        self.compiled = False
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.steps_per_epoch
+
+    def batches(self):
+        """The training batches from the current step to the end of its epoch, on device."""
+        epoch, start = divmod(self.step, self.steps_per_epoch)
+        for local in data.train_batches(
+            self.config.dataset,
+            data_dir=self.config.data_dir,
+            global_batch_size=self.config.batch_size,
+            seed=self.config.seed,
+            epoch=epoch,
+            start_step=start,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        ):
+            batch = self.trainer.to_device(local)
+            if not self.compiled:
+                self.log.print(self.trainer.compile_report(batch))
+                self.compiled = True
+            yield batch
+
+    def after_step(self, state, metrics, bar) -> None:
+        """Count the step; log, evaluate and checkpoint when it is time."""
+        self.state = state
+        self.step += 1
+        bar.update(1)
+        self.window.add(metrics, self.step, self.config.batch_size)
+        if self.step % self.config.log_every_steps == 0 or self.step == self.stop_step:
+            self.log_train(bar)
+        if self.step % self.steps_per_epoch == 0:
+            self.end_epoch(bar)
+        elif self.step % self.config.checkpoint_every_steps == 0:
+            self.save()
+
+    def log_train(self, bar) -> None:
+        summary = self.window.flush()
+        self._check_finite(summary)
+        self.log.train(
+            self.step, self.epoch_of_last_step, summary, float(self.schedule(self.step - 1))
+        )
+        bar.set_postfix(
+            loss=f"{summary['loss']:.3f}",
+            top1=f"{summary['top1']:.1f}",
+            img_s=f"{summary['images_per_s']:.0f}",
+        )
+
+    @property
+    def epoch_of_last_step(self) -> int:
+        return (self.step - 1) // self.steps_per_epoch
+
+    def end_epoch(self, bar) -> None:
+        """Evaluate on the test split, record the GLIF parameters, checkpoint."""
+        epoch = self.epoch_of_last_step
+        result = evaluate_dataset(self.trainer, self.state, self.config)
+        best = self.progress.best_test_top1
+        improved = best is None or result["top1"] > best
+        self.progress.best_test_top1 = result["top1"] if improved else best
+        self.progress.last_eval = result
+        self.log.eval(self.step, epoch, result, self.progress.best_test_top1)
+        self.records.append(glif_nn.glif_layers(self.trainer.model(self.state)), epoch + 1)
+        bar.set_description(f"epoch {epoch + 1}, test top-1 {result['top1']:.2f}%")
+        if improved:
+            self.save(best=True)
+        self.save()
+
+    def save(self, *, best: bool = False) -> None:
+        """Checkpoint the state, unless it is not finite (then stop)."""
+        first_non_finite, last_finite = self.window.check()
+        if first_non_finite is not None:
+            self._stop_non_finite(
+                f"the training loss turned non-finite at step {first_non_finite}", last_finite
+            )
+        if not self.trainer.all_finite(self.state):
+            self._stop_non_finite(
+                f"the parameters are non-finite after step {self.step}", last_finite
+            )
+        self.progress.wall_time_s = time.perf_counter() - self.wall_start
+        meta = dataclasses.asdict(self.progress)
+        if best:
+            self.checkpoints.save_best(self.state, meta)
+        else:
+            self.checkpoints.save_latest(self.state, meta)
+
+    def _check_finite(self, summary: dict) -> None:
+        step = summary["first_non_finite_step"]
+        if step is not None:
+            self._stop_non_finite(
+                f"the training loss turned non-finite at step {step}", summary["last_finite"]
+            )
+
+    def _stop_non_finite(self, what: str, last_finite: dict | None) -> None:
+        self.checkpoints.wait()
+        saved = self.checkpoints.steps()
+        checkpoint = (
+            f"the last checkpoint, {self.workdir / 'checkpoints' / 'latest' / str(saved[-1])}, "
+            "holds finite parameters"
+            if saved
+            else "no checkpoint was written"
+        )
+        previous = (
+            f" The last finite loss was {last_finite['loss']:.4g}, at step {last_finite['step']}."
+            if last_finite
+            else ""
+        )
+        raise NonFiniteError(
+            f"{what}.{previous} The run stopped without checkpointing that state; {checkpoint}. "
+            "Try a lower learning rate (--config.learning_rate), or "
+            "--config.compute_dtype=float32 if it ran in bfloat16."
+        )
+
+    def check_epoch_complete(self) -> None:
+        if self.step % self.steps_per_epoch:
+            raise RuntimeError(
+                f"epoch {self.epoch} of {self.config.dataset} ran out of batches after step "
+                f"{self.step}, short of {self.steps_per_epoch} steps per epoch: its training "
+                f"split holds fewer than the {self.info.num_train} examples it should. "
+                "Prepare the dataset again."
+            )
+
+    def finish(self) -> dict[str, Any]:
+        """The final evaluation (when the run stopped inside an epoch), the last checkpoint, the
+        summary and the plots."""
+        final = self.progress.last_eval
+        if self.step % self.steps_per_epoch:  # stopped inside an epoch by num_train_steps
+            final = evaluate_dataset(self.trainer, self.state, self.config)
+            best = self.progress.best_test_top1
+            self.log.eval(self.step, self.epoch, final, final["top1"] if best is None else best)
+        self.save()
+        self.checkpoints.wait()
+        best = self.progress.best_test_top1
+        summary = {
+            "config": self.config.to_dict(),
+            "best_test_top1": final["top1"] if best is None else best,
+            "final_test_top1": final["top1"],
+            "final_test_top5": final["top5"],
+            "final_test_loss": final["loss"],
+            "epochs": self.step / self.steps_per_epoch,
+            "steps": self.step,
+            "wall_time_s": time.perf_counter() - self.wall_start,
+            "devices": jax.device_count(),
+            "device_kind": jax.devices()[0].device_kind,
+            "processes": jax.process_count(),
+        }
+        self.log.finish(summary, self.records)
+        return summary
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
@@ -518,139 +549,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     Writes ``metrics.jsonl``, TensorBoard events, ``summary.json``, the per-epoch GLIF parameter
     records (``glif_params.npz``) and plots (``learning_curve.png``, ``glif_params.png``).
+
+    Raises:
+      NonFiniteError: the loss or the parameters turned non-finite (no checkpoint of that state).
+      KeyboardInterrupt: Ctrl-C or SIGTERM, after the state was checkpointed.
     """
-    workdir = Path(workdir)
-    info = input_pipeline.dataset_info(config.dataset)
-    input_pipeline.check_prepared(config.dataset, config.data_dir)  # before compiling anything
-    mesh = make_mesh(config.batch_size)
-    steps_per_epoch = input_pipeline.steps_per_epoch(config.dataset, config.batch_size)
-    total_steps = steps_per_epoch * config.num_epochs
-    stop_step = (
-        min(config.num_train_steps, total_steps) if config.num_train_steps > 0 else total_steps
-    )
-    is_chief = jax.process_index() == 0
-
-    trainer = Trainer(config, info.num_classes, steps_per_epoch, mesh)
-    checkpoints = Checkpoints(workdir, config.max_to_keep)
-    fingerprint = config_fingerprint(config)
-    restored = checkpoints.restore(trainer.abstract_state, fingerprint)
-    if restored is None:
-        state, meta = trainer.initial_state, {"best_test_top1": None, "wall_time_s": 0.0}
-    else:
-        state, meta = restored
-    step = int(jax.device_get(state.step))
-    log = reporting.RunLog(workdir, enabled=is_chief, resume_step=step)
-    records = reporting.GlifRecords(workdir / "glif_params.npz", enabled=is_chief)
-    if step == 0:
-        records.reset(glif_nn.glif_layers(trainer.model(state)))
-    else:
-        records.load(completed_epochs=step // steps_per_epoch)
-        log.print(f"resuming {workdir} at step {step} (epoch {step // steps_per_epoch})")
-    log.print(
-        f"{config.model} on {config.dataset}: {info.num_train} train / {info.num_eval} test "
-        f"examples, T={config.time_steps}, global batch {config.batch_size} on "
-        f"{jax.device_count()} {jax.devices()[0].platform} device(s) in "
-        f"{jax.process_count()} process(es); {steps_per_epoch} steps per epoch"
-    )
-
-    best = meta.get("best_test_top1")  # over end-of-epoch evaluations, as the paper reports
-    last_eval = meta.get("last_eval")
-    wall_start = time.perf_counter() - meta.get("wall_time_s", 0.0)
-    schedule = learning_rate_schedule(config, steps_per_epoch)
-    compiled = False
-    with _stop_requests() as stop, log.progress(total=stop_step, initial=step) as bar:
+    run = _Run(config, Path(workdir))
+    with _stop_requests() as stop, run.log.progress(total=run.stop_step, initial=run.step) as bar:
         try:
-            while step < stop_step and not stop["stop"]:
-                epoch, start = divmod(step, steps_per_epoch)
-                window = reporting.Window()
-                for local in _train_batches(config, epoch, start):
-                    batch = trainer.to_device(local)
-                    if not compiled:
-                        log.print(trainer.compile_report(batch))
-                        compiled = True
-                    state, metrics = trainer.train_step(state, batch)
-                    step += 1
-                    bar.update(1)
-                    window.add(metrics, config.batch_size)
-                    if step % config.log_every_steps == 0 or step == stop_step:
-                        summary = window.flush()
-                        log.train(step, epoch, summary, float(schedule(step - 1)))
-                        bar.set_postfix(
-                            loss=f"{summary['loss']:.3f}",
-                            top1=f"{summary['top1']:.1f}",
-                            img_s=f"{summary['images_per_s']:.0f}",
-                        )
-                    if step % steps_per_epoch == 0:
-                        last_eval = evaluate_dataset(trainer, state, config)
-                        improved = best is None or last_eval["top1"] > best
-                        best = last_eval["top1"] if improved else best
-                        log.eval(step, epoch, last_eval, best)
-                        records.append(glif_nn.glif_layers(trainer.model(state)), epoch + 1)
-                        bar.set_description(
-                            f"epoch {epoch + 1}, test top-1 {last_eval['top1']:.2f}%"
-                        )
-                        meta = _meta(fingerprint, best, last_eval, wall_start)
-                        if improved:
-                            checkpoints.save_best(state, meta)
-                        checkpoints.save_latest(state, meta)
-                    elif step % config.checkpoint_every_steps == 0:
-                        checkpoints.save_latest(
-                            state, _meta(fingerprint, best, last_eval, wall_start)
-                        )
-                    if stop["stop"] or step >= stop_step:
+            while run.step < run.stop_step and not stop["stop"]:
+                for batch in run.batches():
+                    run.after_step(*run.trainer.train_step(run.state, batch), bar)
+                    if stop["stop"] or run.step >= run.stop_step:
                         break
                 else:
-                    if step % steps_per_epoch:
-                        raise RuntimeError(
-                            f"epoch {epoch} of {config.dataset} ran out of batches after step "
-                            f"{step}, short of {steps_per_epoch} steps per epoch: its training "
-                            f"split holds fewer than the {info.num_train} examples it should. "
-                            "Prepare the dataset again."
-                        )
+                    run.check_epoch_complete()
             if stop["stop"]:
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
-            checkpoints.save_latest(state, _meta(fingerprint, best, last_eval, wall_start))
-            checkpoints.wait()
-            log.print(
-                f"interrupted at step {step}; checkpoint saved, run the same command to resume"
+            run.save()
+            run.checkpoints.wait()
+            run.log.print(
+                f"interrupted at step {run.step}; checkpoint saved, run the same command to resume"
             )
             raise
-    final_eval = last_eval
-    if step % steps_per_epoch != 0:  # stopped inside an epoch by num_train_steps
-        final_eval = evaluate_dataset(trainer, state, config)
-        log.eval(
-            step,
-            step // steps_per_epoch,
-            final_eval,
-            best if best is not None else final_eval["top1"],
-        )
-    checkpoints.save_latest(state, _meta(fingerprint, best, last_eval, wall_start))
-    checkpoints.wait()
-    summary = {
-        "config": config.to_dict(),
-        "best_test_top1": best if best is not None else final_eval["top1"],
-        "final_test_top1": final_eval["top1"],
-        "final_test_top5": final_eval["top5"],
-        "final_test_loss": final_eval["loss"],
-        "epochs": step / steps_per_epoch,
-        "steps": step,
-        "wall_time_s": time.perf_counter() - wall_start,
-        "devices": jax.device_count(),
-        "device_kind": jax.devices()[0].device_kind,
-        "processes": jax.process_count(),
-    }
-    log.finish(summary, records)
-    return summary
-
-
-def _meta(fingerprint, best, last_eval, wall_start) -> dict:
-    return {
-        "config": fingerprint,
-        "best_test_top1": best,
-        "last_eval": last_eval,
-        "wall_time_s": time.perf_counter() - wall_start,
-    }
+    return run.finish()
 
 
 def evaluate(
@@ -663,11 +586,35 @@ def evaluate(
     """Evaluate the ``latest`` or ``best`` checkpoint of ``workdir`` (or a released reference
     checkpoint file) on the whole test split; writes ``eval.json`` in ``workdir``."""
     workdir = Path(workdir)
-    info = input_pipeline.dataset_info(config.dataset)
-    input_pipeline.check_prepared(config.dataset, config.data_dir)
-    mesh = make_mesh(config.batch_size)
-    steps_per_epoch = input_pipeline.steps_per_epoch(config.dataset, config.batch_size)
-    trainer = Trainer(config, info.num_classes, steps_per_epoch, mesh)
+    trainer, state, source = load_for_evaluation(
+        config, workdir, checkpoint=checkpoint, reference_checkpoint=reference_checkpoint
+    )
+    result = evaluate_dataset(trainer, state, config)
+    result["source"] = source
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def load_for_evaluation(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    *,
+    checkpoint: str = "latest",
+    reference_checkpoint: str | None = None,
+) -> tuple[Trainer, TrainState, str]:
+    """The trainer of ``config`` and the state to evaluate: ``workdir``'s ``checkpoint``
+    (``latest`` or ``best``), or a released reference checkpoint file; and a description of it.
+
+    Raises:
+      FileNotFoundError: ``workdir`` has no such checkpoint.
+      CheckpointMismatchError, CheckpointCorruptError: see :mod:`experiments.checkpointing`.
+    """
+    data.check_prepared(config.dataset, config.data_dir)
+    info = data.dataset_info(config.dataset)
+    steps_per_epoch = data.steps_per_epoch(config.dataset, config.batch_size)
+    trainer = Trainer(config, info.num_classes, steps_per_epoch, make_mesh(config.batch_size))
     if reference_checkpoint is not None:
         from glif_jax import interop
 
@@ -680,21 +627,14 @@ def evaluate(
             dataclasses.replace(trainer.initial_state, params=params, batch_stats=batch_stats),
             trainer.replicated,
         )
-        source = str(reference_checkpoint)
-    else:
-        restored = Checkpoints(workdir, config.max_to_keep).restore(
-            trainer.abstract_state, config_fingerprint(config), which=checkpoint
+        return trainer, state, str(reference_checkpoint)
+    checkpoints = Checkpoints(workdir, config.max_to_keep, config_fingerprint(config))
+    restored = checkpoints.restore(trainer.abstract_state, which=checkpoint)
+    if restored is None:
+        raise FileNotFoundError(
+            f"no {checkpoint} checkpoint in {workdir / 'checkpoints' / checkpoint}; train "
+            "first, or pass --reference_checkpoint=FILE."
         )
-        if restored is None:
-            raise FileNotFoundError(
-                f"no {checkpoint} checkpoint in {workdir / 'checkpoints' / checkpoint}; train "
-                "first, or pass --reference_checkpoint=FILE."
-            )
-        state, _ = restored
-        source = f"{workdir} ({checkpoint}, step {int(jax.device_get(state.step))})"
-    result = evaluate_dataset(trainer, state, config)
-    result["source"] = source
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    state, _ = restored
+    source = f"{workdir} ({checkpoint}, step {int(jax.device_get(state.step))})"
+    return trainer, state, source

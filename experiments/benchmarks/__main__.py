@@ -34,7 +34,7 @@ _NOTES = {
         "reference runs it ((T, B, C, H, W), sigmoids inside the step, spikes written into a "
         "preallocated tensor) over this one's; `vs_pytorch_channel_last` the same for the "
         "faster transcription on glif_jax's layout (float32 only, as the reference computes). "
-        "`fused in value_and_grad` (and `pallas in value_and_grad` where Pallas is timed) is "
+        "`xla in value_and_grad` (and `pallas in value_and_grad` where Pallas is timed) is "
         "that path inside a scalar loss, ⟨spikes, g⟩ under `jax.jit(jax.value_and_grad(...))`: "
         "the same gradients, the spikes times g going to XLA's scratch memory and a reduction "
         "instead of an output. "
@@ -81,8 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--paths",
         default=",".join(glif_speed.PATHS),
-        help="comma-separated, from scan, fused, pallas, pallas/FIELD=N/... (block_rows, sub_rows, "
-        "num_warps: see glif_jax.pallas_glif.PallasConfig)",
+        help="comma-separated, from scan, xla, pallas, or a kernel's settings KERNEL/FIELD=N/... "
+        "(pallas/block_rows=32/sub_rows=2, xla/cpu_tuning=0: see glif_jax.kernels)",
     )
     p.add_argument("--repeats", type=int, default=7, help="timed calls per candidate")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch loop")
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["parts"]["shapes"] = glif_speed.measure_shapes(
             [_ints(shape) for shape in args.shapes.split(";") if shape],
             args.shapes_time_steps,
-            glif_speed.available_paths(["fused", "pallas"]),
+            glif_speed.available_paths(["xla", "pallas"]),
             args.repeats,
             compare_torch,
         )

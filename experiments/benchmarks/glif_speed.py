@@ -10,6 +10,7 @@ operation under XLA into a fresh output, ``x * 2 + 1``, counted as 2 arrays (rea
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import statistics
 from collections.abc import Sequence
@@ -19,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.benchmarks import timing
-from glif_jax import neuron, pallas_glif, surrogates
+from glif_jax import kernels, neuron
 
-PATHS = ("scan", "fused", "pallas")
+PATHS = ("scan", "xla", "pallas")
 ARRAYS_MOVED = 4  # x read, spikes written, cotangent read, dx written
 IN_A_LOSS = " in value_and_grad"  # suffix of the rows of a path inside a scalar loss
 
@@ -32,27 +33,28 @@ def available_paths(paths: Sequence[str]) -> list[str]:
     return [p for p in paths if not p.startswith("pallas") or compiled]
 
 
-def layer(path: str):
-    """``(params, x) → spikes`` of one of :data:`PATHS`, or of the Pallas kernels with some fields
-    of :class:`~glif_jax.pallas_glif.PallasConfig` set, ``"pallas/FIELD=N/..."`` (for example
-    ``"pallas/block_rows=32/sub_rows=2"``), instead of the values they pick themselves."""
-    implementation, *settings = path.split("/")
+def implementation(path: str):
+    """The implementation a path names: one of :data:`PATHS`, or a kernel with some of its
+    settings given, ``"KERNEL/FIELD=N/..."`` (for example ``"pallas/block_rows=32/sub_rows=2"``
+    or ``"xla/cpu_tuning=0"``), instead of the values it picks itself."""
+    name, *settings = path.split("/")
     if not settings:
-        return functools.partial(neuron.glif, implementation=implementation)
-    if implementation != "pallas":
-        raise ValueError(f"only pallas takes settings (pallas/FIELD=N), got {path!r}.")
+        return name
+    kernel = kernels.get(name)
     fields = dict(setting.partition("=")[::2] for setting in settings)
-    unknown = set(fields) - {"block_rows", "sub_rows", "num_warps"}
+    known = {f.name for f in dataclasses.fields(kernel)}
+    unknown = set(fields) - known
     if unknown:
-        raise ValueError(f"unknown Pallas settings {sorted(unknown)} in {path!r}.")
-    config = pallas_glif.PallasConfig(**{k: int(v) for k, v in fields.items()})
+        raise ValueError(
+            f"unknown {name} settings {sorted(unknown)} in {path!r}; it has {sorted(known)}."
+        )
+    return dataclasses.replace(kernel, **{k: int(v) for k, v in fields.items()})
 
-    def run(params, x):
-        # What neuron.glif does for the defaults (soft reset, rectangle, float32 compute).
-        coeffs = jax.tree.map(lambda c: c.astype(jnp.float32), neuron.coefficients(params))
-        return pallas_glif.glif_pallas(x, coeffs, surrogates.rectangle(), False, False, config)
 
-    return run
+def layer(path: str):
+    """``(params, x) → spikes`` of one of :data:`PATHS` or a kernel's settings (see
+    :func:`implementation`)."""
+    return functools.partial(neuron.glif, implementation=implementation(path))
 
 
 def forward_backward(path: str):
@@ -65,14 +67,14 @@ def forward_backward(path: str):
     return jax.jit(run)
 
 
-def in_a_loss(implementation: str):
+def in_a_loss(path: str):
     """A jitted ``(params, x, g) → (⟨spikes, g⟩, (grad_params, grad_x))``: the same gradients
     (the cotangent of the spikes is g) with the layer inside a scalar loss, as a training step
     calls it. XLA then writes the spikes (times g) to its scratch memory for the loss's reduction
     instead of returning them."""
 
     def loss(params, x, g):
-        return jnp.sum(neuron.glif(params, x, implementation=implementation) * g)
+        return jnp.sum(layer(path)(params, x) * g)
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
@@ -140,7 +142,7 @@ def measure(
             dtype = jnp.dtype(dtype_name)
             params, x, g = inputs(steps, shape, dtype)
             candidates = {p: functools.partial(forward_backward(p), params, x, g) for p in paths}
-            for path in ("fused", "pallas"):
+            for path in ("xla", "pallas"):
                 if path in paths:
                     candidates[path + IN_A_LOSS] = functools.partial(in_a_loss(path), params, x, g)
             if compare_torch and dtype == jnp.float32:

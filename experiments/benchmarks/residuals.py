@@ -3,7 +3,7 @@ between storing residuals and recomputing them.
 
 Counted from the closure that ``jax.vjp`` returns (the residuals autodiff saves for the backward
 pass), keeping every array of at least one time step's worth of neurons; the input x is counted
-when it is kept (the fused and Pallas paths keep it and nothing else). Small arrays (per-channel
+when it is kept (the XLA and Pallas kernels keep it and nothing else). Small arrays (per-channel
 coefficients) are left out: they do not grow with the batch.
 """
 
@@ -21,8 +21,8 @@ from glif_jax import neuron
 CHOICES: tuple[tuple[str, str, bool], ...] = (
     ("scan (plain autodiff)", "scan", False),
     ("scan under jax.checkpoint", "scan", True),
-    ("fused", "fused", False),
-    ("fused under jax.checkpoint", "fused", True),
+    ("xla", "xla", False),
+    ("xla under jax.checkpoint", "xla", True),
     ("pallas", "pallas", False),
 )
 

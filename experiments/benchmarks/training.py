@@ -18,7 +18,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from experiments import train
+from experiments import recipe, train
 from experiments.benchmarks import timing
 from experiments.configs.base import base_config
 
@@ -47,7 +47,9 @@ def measure_one(
     config.model_options.in_channels = image_shape[-1]
     graphs, state, tx = train.create_train_state(config, num_classes=10, steps_per_epoch=1)
     step = jax.jit(
-        functools.partial(train.train_step, graph=graphs.train, tx=tx, config=config),
+        functools.partial(
+            train.train_step, graph=graphs.train, tx=tx, loss=recipe.Recipe.from_config(config)
+        ),
         donate_argnums=0,
     )
     batch_data = {

@@ -57,8 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Logging and checkpoints.
     config.log_every_steps = 50
     config.checkpoint_every_steps = 500  # and at the end of every epoch
-    config.max_to_keep = 2
-    config.record_glif_params = True  # the per-epoch parameter records of spec §4.4
+    config.max_to_keep = (
+        2  # latest checkpoints kept: at least 2, so that a damaged one has a fallback
+    )
     return config
 
 

@@ -23,6 +23,7 @@ from glif_jax.interop.checkpoint import (
     reference_model_config,
 )
 from glif_jax.interop.state_dict import (
+    GLIF_REFERENCE_NAMES,
     REFERENCE_NAMES,
     export_reference_state_dict,
     load_reference_state_dict,
@@ -30,6 +31,7 @@ from glif_jax.interop.state_dict import (
 )
 
 __all__ = [
+    "GLIF_REFERENCE_NAMES",
     "REFERENCE_NAMES",
     "create_reference_model",
     "export_reference_state_dict",

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from glif_jax import neuron
 from glif_jax import nn as gnn
 from glif_jax.models.blocks import BasicBlock, MSBlock, SEWBlock
 from glif_jax.models.cifarnet import CIFARNet
@@ -38,6 +39,7 @@ from glif_jax.models.resnet import SpikingResNet
 from glif_jax.models.sew_resnet import SEWResNet
 
 __all__ = [
+    "GLIF_REFERENCE_NAMES",
     "REFERENCE_NAMES",
     "export_reference_state_dict",
     "load_reference_state_dict",
@@ -68,16 +70,11 @@ REFERENCE_NAMES: dict[type, tuple[tuple[str, str], ...]] = {
 }
 """For each module class, its children in the reference's order, as (attribute, reference name)."""
 
-_GLIF_NAMES = (
-    ("alpha", "alpha"),
-    ("beta", "beta"),
-    ("gamma", "gamma"),
-    ("tau", "tau"),
-    ("v_th", "Vth"),
-    ("leak", "leak"),
-    ("v_reset", "reVth"),
-    ("conduct", "conduct"),
-)
+GLIF_REFERENCE_NAMES: dict[str, str] = {
+    name: {"v_th": "Vth", "v_reset": "reVth"}.get(name, name) for name in neuron.PARAM_NAMES
+}
+"""Each GLIF parameter's name in the reference's state dicts (``v_th`` is ``Vth``, ``v_reset`` is
+``reVth``; the others keep their names)."""
 _BN_NAMES = (
     ("scale", "weight"),
     ("bias", "bias"),
@@ -153,8 +150,8 @@ def _leaf_entries(module, prefix: str, gate_dtype: str) -> Iterator[_Entry]:
         if not module.plain:
             yield _bn_vth_entry(prefix + "Vth", module)
     elif isinstance(module, gnn.GLIF):
-        for ours, theirs in _GLIF_NAMES:
-            dtype = gate_dtype if ours in ("alpha", "beta", "gamma") else "float32"
+        for ours, theirs in GLIF_REFERENCE_NAMES.items():
+            dtype = gate_dtype if ours in neuron.GATE_NAMES else "float32"
             if getattr(module, ours) is not None:
                 yield _variable_entry(prefix + theirs, getattr(module, ours), dtype=dtype)
             elif ours == "gamma":

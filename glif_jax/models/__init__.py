@@ -19,7 +19,7 @@ Example::
 
 from glif_jax.models.blocks import BasicBlock, MSBlock, SEWBlock
 from glif_jax.models.cifarnet import CIFARNet
-from glif_jax.models.layers import NEURON_OPTIONS, AvgPool, ConvBN, ConvBNGLIF, neuron_factory
+from glif_jax.models.layers import GLIF_OPTIONS, AvgPool, ConvBN, ConvBNGLIF, glif_factory
 from glif_jax.models.registry import create, names, options
 from glif_jax.models.resnet import (
     SpikingResNet,
@@ -33,7 +33,7 @@ from glif_jax.models.sew_resnet import SEWResNet
 from glif_jax.models.spiking_cnn import SpikingCNN
 
 __all__ = [
-    "NEURON_OPTIONS",
+    "GLIF_OPTIONS",
     "AvgPool",
     "BasicBlock",
     "CIFARNet",
@@ -45,10 +45,10 @@ __all__ = [
     "SpikingCNN",
     "SpikingResNet",
     "create",
+    "glif_factory",
     "ms_resnet18",
     "ms_resnet34",
     "names",
-    "neuron_factory",
     "options",
     "resnet18",
     "resnet19",

@@ -32,7 +32,7 @@ class CIFARNet(nnx.Module):
       classifier_widths: the hidden widths of the classifier.
       input_size: the (square) image size; it sets the first linear's input, C·(size/4)².
       in_channels: C_in of the images.
-      plain_bn, remat, dtype, **neuron_options: as :class:`~glif_jax.models.SpikingResNet`
+      plain_bn, remat, dtype, **glif_options: as :class:`~glif_jax.models.SpikingResNet`
         (``remat`` recomputes each feature layer).
 
     Attributes:
@@ -54,14 +54,14 @@ class CIFARNet(nnx.Module):
         plain_bn: bool = False,
         remat: bool = False,
         dtype: Any = jnp.float32,
-        **neuron_options,
+        **glif_options,
     ):
         self.name = "cifarnet"
         build = layers.make_builder(
             self.name,
             num_classes=num_classes,
             time_steps=time_steps,
-            neuron_options=neuron_options,
+            glif_options=glif_options,
             plain_bn=plain_bn,
             dtype=dtype,
         )

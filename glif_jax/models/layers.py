@@ -6,7 +6,7 @@ vectors. Every stateless layer runs on each frame (time folded into the batch, a
 
 One :class:`Builder` holds what is shared by all layers of a network (its T, its neuron, BN or
 tdBN, the compute dtype and the initialisers), so that a ResNet block needs only its channels and
-stride. The neuron is built by :func:`neuron_factory` from flat options, so that the ablations of
+stride. The neuron is built by :func:`glif_factory` from flat options, so that the ablations of
 the paper's Tables 4-6 are one option away (``channel_wise=False``, ``mode="fused"``,
 ``simplex="101"``...).
 """
@@ -25,21 +25,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from glif_jax import neuron, surrogates
+from glif_jax import kernels, neuron, surrogates
 from glif_jax import nn as gnn
 
 __all__ = [
-    "NEURON_OPTIONS",
+    "GLIF_OPTIONS",
     "AvgPool",
     "Builder",
     "ConvBN",
     "ConvBNGLIF",
     "check_input",
     "flatten_channel_major",
+    "glif_factory",
     "global_average_pool",
     "kaiming_normal_fan_out",
     "make_builder",
-    "neuron_factory",
     "readout",
     "run_layers",
     "torch_default_bias",
@@ -75,7 +75,7 @@ def torch_default_bias(fan_in: int) -> Callable[..., jax.Array]:
 # The neuron
 
 
-def neuron_factory(
+def glif_factory(
     time_steps: int,
     *,
     channel_wise: bool = True,
@@ -89,7 +89,7 @@ def neuron_factory(
     v_reset: float | None = None,
     conduct: float = 0.5,
     detach_reset: bool = False,
-    implementation: neuron.Implementation = "auto",
+    implementation: neuron.Implementation | kernels.Kernel = "auto",
 ) -> Callable[..., gnn.GLIF]:
     """A function ``make(channels, *, rngs) -> glif_jax.nn.GLIF`` for every GLIF layer of a network.
 
@@ -120,14 +120,10 @@ def neuron_factory(
         outside (0, 1).
       TypeError: ``channel_wise`` is not a bool.
     """
-    fn = "neuron options"
-    neuron._check_mode(mode)
+    fn = "GLIF options"
+    neuron.check_mode(mode, fn)
+    neuron.check_implementation(implementation, fn)
     surrogate = surrogates.get(surrogate)
-    if implementation not in neuron.IMPLEMENTATIONS:
-        raise ValueError(
-            f"{fn}: unknown implementation {implementation!r}; expected one of "
-            f"{neuron.IMPLEMENTATIONS}."
-        )
     if not isinstance(channel_wise, bool):
         raise TypeError(f"{fn}: channel_wise must be True or False, got {channel_wise!r}.")
     if simplex is not None:
@@ -170,19 +166,19 @@ def neuron_factory(
             params = neuron.simplex_params(
                 simplex, channels if channel_wise else None, time_steps, **init
             )
-            for name in ("alpha", "beta", "gamma"):
+            for name in neuron.GATE_NAMES:
                 getattr(layer, name).set_value(getattr(params, name))
         return layer
 
     return make
 
 
-NEURON_OPTIONS: tuple[str, ...] = tuple(
+GLIF_OPTIONS: tuple[str, ...] = tuple(
     name
-    for name, p in inspect.signature(neuron_factory).parameters.items()
+    for name, p in inspect.signature(glif_factory).parameters.items()
     if p.kind is inspect.Parameter.KEYWORD_ONLY
 )
-"""The neuron options every network accepts (the keyword arguments of :func:`neuron_factory`)."""
+"""The GLIF options every network accepts (the keyword arguments of :func:`glif_factory`)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -229,7 +225,7 @@ class Builder:
 
     Attributes:
       time_steps: T.
-      make_glif: from :func:`neuron_factory`.
+      make_glif: from :func:`glif_factory`.
       plain_bn: plain BatchNorm (torch conventions) instead of tdBN: the DVS networks, and the
         released ImageNet checkpoint, whose tdBN layers were trained as plain BN (spec §5.5).
       dtype: the compute dtype of convolutions and linears; parameters stay float32.
@@ -304,7 +300,7 @@ def make_builder(
     *,
     num_classes: int,
     time_steps: int,
-    neuron_options: dict[str, Any],
+    glif_options: dict[str, Any],
     plain_bn: bool = False,
     dtype: Any = jnp.float32,
     init: Literal["reference", "torch"] = "reference",
@@ -317,14 +313,14 @@ def make_builder(
     """
     _check_positive_int(model, "num_classes", num_classes)
     _check_positive_int(model, "time_steps", time_steps)
-    unknown = sorted(set(neuron_options) - set(NEURON_OPTIONS))
+    unknown = sorted(set(glif_options) - set(GLIF_OPTIONS))
     if unknown:
         raise ValueError(
-            f"{model}: unknown option(s) {unknown}; the neuron options are {list(NEURON_OPTIONS)}."
+            f"{model}: unknown option(s) {unknown}; the GLIF options are {list(GLIF_OPTIONS)}."
         )
     if not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
         raise ValueError(f"{model}: dtype must be a floating dtype, got {dtype!r}.")
-    make_glif = neuron_factory(int(time_steps), **neuron_options)
+    make_glif = glif_factory(int(time_steps), **glif_options)
     return Builder(int(time_steps), make_glif, plain_bn=bool(plain_bn), dtype=dtype, init=init)
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from flax import nnx
 
 from glif_jax.models.cifarnet import CIFARNet
-from glif_jax.models.layers import NEURON_OPTIONS
+from glif_jax.models.layers import GLIF_OPTIONS
 from glif_jax.models.resnet import ms_resnet18, ms_resnet34, resnet18, resnet19, resnet34
 from glif_jax.models.sew_resnet import SEWResNet
 from glif_jax.models.spiking_cnn import SpikingCNN
@@ -42,7 +42,7 @@ def _constructor(name: str) -> Callable[..., nnx.Module]:
 
 def options(name: str) -> tuple[str, ...]:
     """The options (keyword arguments besides ``num_classes``, ``time_steps``, ``rngs``) of the
-    network ``name``: its own, then the neuron options."""
+    network ``name``: its own, then the GLIF options."""
     constructor = _constructor(name)
     # A variant is a partial of a module class; the class's own __init__ lists the options.
     cls = constructor.func if isinstance(constructor, functools.partial) else constructor
@@ -52,7 +52,7 @@ def options(name: str) -> tuple[str, ...]:
         for p in parameters
         if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _REQUIRED
     )
-    return own + NEURON_OPTIONS
+    return own + GLIF_OPTIONS
 
 
 def create(name: str, *, num_classes: int, time_steps: int, rngs: nnx.Rngs, **options_):

@@ -86,8 +86,8 @@ class SpikingResNet(nnx.Module):
       remat: recompute each residual block in the backward pass (less activation memory, the
         same results).
       dtype: compute dtype of convolutions and linears (parameters stay float32).
-      **neuron_options: options of the GLIF layers, see
-        :func:`glif_jax.models.layers.neuron_factory`.
+      **glif_options: options of the GLIF layers, see
+        :func:`glif_jax.models.layers.glif_factory`.
     """
 
     def __init__(
@@ -111,13 +111,13 @@ class SpikingResNet(nnx.Module):
         plain_bn: bool = False,
         remat: bool = False,
         dtype: Any = jnp.float32,
-        **neuron_options,
+        **glif_options,
     ):
         build = layers.make_builder(
             name,
             num_classes=num_classes,
             time_steps=time_steps,
-            neuron_options=neuron_options,
+            glif_options=glif_options,
             plain_bn=plain_bn,
             dtype=dtype,
         )
@@ -151,8 +151,8 @@ class SpikingResNet(nnx.Module):
             two_layer_head = reference_two_layer_head(
                 name,
                 num_classes,
-                channel_wise=neuron_options.get("channel_wise", True),
-                mode=neuron_options.get("mode", "soft"),
+                channel_wise=glif_options.get("channel_wise", True),
+                mode=glif_options.get("mode", "soft"),
             )
         widths = (c_in, head_width, num_classes) if two_layer_head else (c_in, num_classes)
         self.head = build.linears(widths, rngs=rngs)

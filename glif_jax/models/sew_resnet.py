@@ -49,8 +49,8 @@ class SEWResNet(nnx.Module):
       input_size: the (square) frame size (48 for the paper's 48×48 frames); it sets the linear
         layer's input, C·(size/2^pools)².
       in_channels: polarities per frame.
-      remat, dtype, **neuron_options: as :class:`~glif_jax.models.SpikingResNet` (``remat``
-        recomputes each layer of ``conv``); neuron options override :data:`DVS_NEURON`.
+      remat, dtype, **glif_options: as :class:`~glif_jax.models.SpikingResNet` (``remat``
+        recomputes each layer of ``conv``); GLIF options override :data:`DVS_NEURON`.
 
     Attributes:
       conv: the layers in the reference's order (``ConvBNGLIF``, ``SEWBlock`` or ``AvgPool``),
@@ -69,14 +69,14 @@ class SEWResNet(nnx.Module):
         in_channels: int = 2,
         remat: bool = False,
         dtype: Any = jnp.float32,
-        **neuron_options,
+        **glif_options,
     ):
         self.name = "sew_7b_widenet"
         build = layers.make_builder(
             self.name,
             num_classes=num_classes,
             time_steps=time_steps,
-            neuron_options={**DVS_NEURON, **neuron_options},
+            glif_options={**DVS_NEURON, **glif_options},
             plain_bn=True,
             dtype=dtype,
             init="torch",

@@ -31,7 +31,7 @@ class SpikingCNN(nnx.Module):
       input_size: the (square) image size; ``input_size / pooled_size`` must be a power of two.
       pooled_size: the width of the last feature maps.
       in_channels: C_in of the images.
-      plain_bn, remat, dtype, **neuron_options: as :class:`~glif_jax.models.SpikingResNet`
+      plain_bn, remat, dtype, **glif_options: as :class:`~glif_jax.models.SpikingResNet`
         (``remat`` recomputes each layer).
 
     Example::
@@ -57,14 +57,14 @@ class SpikingCNN(nnx.Module):
         plain_bn: bool = False,
         remat: bool = False,
         dtype: Any = jnp.float32,
-        **neuron_options,
+        **glif_options,
     ):
         self.name = "spiking_cnn"
         build = layers.make_builder(
             self.name,
             num_classes=num_classes,
             time_steps=time_steps,
-            neuron_options=neuron_options,
+            glif_options=glif_options,
             plain_bn=plain_bn,
             dtype=dtype,
         )

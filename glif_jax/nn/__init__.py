@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flax import nnx
 
-from glif_jax.nn.neurons import GLIF, FiringRate
+from glif_jax.nn.glif_layer import GLIF, FiringRate
 from glif_jax.nn.normalization import TDBatchNorm
 from glif_jax.nn.recompute import recompute
 from glif_jax.nn.temporal import (

@@ -1,0 +1,133 @@
+"""Preparation checks and the on-disk path: tiny datasets written by tfds's own writer in
+ArrayRecord format (PNG/JPEG decoding without TensorFlow), and what a missing dataset says."""
+
+import io
+import math
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from experiments import data
+from tests.support.image_oracles import CIFAR10_MEAN, CIFAR10_STD, reference_normalize
+
+
+def collect(batches):
+    batches = list(batches)
+    return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+
+
+def test_missing_dataset_error_names_dataset_directory_and_command(tmp_path):
+    with pytest.raises(data.DatasetNotPreparedError) as error:
+        data.check_prepared("cifar10", str(tmp_path))
+    message = str(error.value)
+    assert isinstance(error.value, FileNotFoundError)
+    assert "'cifar10'" in message
+    assert str(tmp_path / "cifar10") in message
+    assert f"tfds build cifar10 --data_dir={tmp_path} --file_format=array_record" in message
+
+
+def test_missing_imagenet_error_names_the_manual_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    with pytest.raises(data.DatasetNotPreparedError) as error:
+        data.check_prepared("imagenet2012", None)
+    message = str(error.value)
+    assert "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar" in message
+    assert str(tmp_path / "downloads" / "manual") in message
+    assert f"tfds build imagenet2012 --data_dir={tmp_path} --file_format=array_record" in message
+
+
+def test_digits_needs_no_preparation():
+    data.check_prepared("digits", "/nonexistent")
+
+
+def encode(image, image_format):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def write_tfds_dataset(name, data_dir, splits):
+    """Writes `splits` ({split: [example]}) with tfds's own ArrayRecord writer, as `tfds build`."""
+    dataset_name = name
+
+    class Tiny(tfds.builder_cls(name), skip_registration=True):
+        name = dataset_name
+        code_path = None  # no checksums file to look for next to this test module
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(split) for split in splits}
+
+        def _generate_examples(self, split):
+            yield from enumerate(splits[split])
+
+    config = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
+    Tiny(data_dir=data_dir, file_format="array_record").download_and_prepare(download_config=config)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Tiny cifar10 and imagenet2012 in tfds's ArrayRecord layout: (data_dir, cifar10 test pixels).
+
+    tfds shuffles examples when writing, so the test pixels are keyed by their "id".
+    """
+    data_dir = tmp_path_factory.mktemp("tfds")
+    rng = np.random.default_rng(0)
+    cifar_test_pixels = {
+        str(i): rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for i in range(5)
+    }
+
+    def cifar(pixels):
+        return [
+            {"id": key, "image": encode(image, "png"), "label": int(key)}
+            for key, image in pixels.items()
+        ]
+
+    def imagenet(count):
+        return [
+            {
+                "file_name": f"{i}.JPEG",
+                "image": encode(rng.integers(0, 256, (40 + i, 70 - i, 3), dtype=np.uint8), "jpeg"),
+                "label": i,
+            }
+            for i in range(count)
+        ]
+
+    cifar_train_pixels = {
+        str(i): rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for i in range(9)
+    }
+    write_tfds_dataset(
+        "cifar10", data_dir, {"train": cifar(cifar_train_pixels), "test": cifar(cifar_test_pixels)}
+    )
+    write_tfds_dataset("imagenet2012", data_dir, {"train": imagenet(6), "validation": imagenet(3)})
+    return str(data_dir), cifar_test_pixels
+
+
+@pytest.mark.parametrize(("name", "num_eval"), [("cifar10", 5), ("imagenet2012", 3)])
+def test_prepared_array_record_datasets_are_read_without_tensorflow(
+    name, num_eval, prepared, monkeypatch
+):
+    data_dir, _ = prepared
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # any TensorFlow import now fails
+    data.check_prepared(name, data_dir)
+    info = data.dataset_info(name)
+    train_batch = next(
+        data.train_batches(name, data_dir=data_dir, global_batch_size=4, seed=0, epoch=0)
+    )
+    assert train_batch["image"].shape == (4, *info.image_shape)
+    evaluated = collect(data.eval_batches(name, data_dir=data_dir, global_batch_size=4))
+    assert evaluated["image"].shape == (4 * math.ceil(num_eval / 4), *info.image_shape)
+    assert evaluated["mask"].sum() == num_eval
+    assert np.isfinite(evaluated["image"]).all()
+
+
+def test_prepared_cifar_eval_images_are_the_written_pixels_normalized(prepared):
+    data_dir, pixels = prepared
+    source = tfds.data_source("cifar10", split="test", data_dir=data_dir)
+    ids = [ex["id"].decode() for ex in source]
+    expected = reference_normalize(np.stack([pixels[i] for i in ids]), CIFAR10_MEAN, CIFAR10_STD)
+    evaluated = collect(data.eval_batches("cifar10", data_dir=data_dir, global_batch_size=8))
+    np.testing.assert_allclose(evaluated["image"][:5], expected, atol=1e-5)
+    np.testing.assert_array_equal(evaluated["label"][:5], [int(i) for i in ids])

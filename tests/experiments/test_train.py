@@ -1,0 +1,338 @@
+"""Training end to end: data parallelism, exact resume, checkpoints, configs, multi-process."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from experiments import checkpointing, data, recipe, train
+from experiments.configs import ablations, cifar, cifar10_dvs, digits, imagenet
+from tests.support import tiny_digits
+from tests.support.runs import assert_same_params, restore_params
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_CONFIG = "tests/support/tiny_digits.py"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A reference run of the tiny config, never interrupted."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    config = tiny_digits.get_config()
+    summary = train.train_and_evaluate(config, workdir)
+    params, step = restore_params(config, workdir)
+    return workdir, summary, params, step
+
+
+def test_run_writes_metrics_summary_records_and_plots(uninterrupted):
+    workdir, summary, _, step = uninterrupted
+    assert step == summary["steps"] == 2 * (1437 // 32)
+    for name in (
+        "metrics.jsonl",
+        "summary.json",
+        "learning_curve.png",
+        "glif_params.npz",
+        "glif_params.png",
+    ):
+        assert (workdir / name).exists(), name
+    assert list((workdir / "tensorboard").iterdir())
+    written = json.loads((workdir / "summary.json").read_text())
+    for key in ("best_test_top1", "final_test_top1", "epochs", "steps", "wall_time_s", "devices"):
+        assert key in written
+    assert written["epochs"] == 2 and written["devices"] == jax.device_count()
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    test = [r for r in records if r["split"] == "test"]
+    assert [r["epoch"] for r in test] == [1, 2]
+    assert written["best_test_top1"] == max(r["top1"] for r in test)
+    train_lines = [r for r in records if r["split"] == "train"]
+    for key in ("step", "epoch", "loss", "top1", "top5", "learning_rate", "images_per_s"):
+        assert key in train_lines[0]
+    with np.load(workdir / "glif_params.npz") as glif:
+        np.testing.assert_array_equal(glif["epochs"], [0, 1, 2])
+        layers = {k.rsplit("/", 1)[0] for k in glif.files if k != "epochs"}
+        assert len(layers) == 2  # every GLIF layer, the first one included
+        for layer in layers:
+            for name in ("alpha", "beta", "gamma", "tau", "v_th", "leak", "v_reset", "conduct"):
+                assert glif[f"{layer}/{name}"].shape[0] == 3
+        assert not np.array_equal(glif[f"{layer}/v_th"][0], glif[f"{layer}/v_th"][2])
+
+
+def test_interrupted_run_resumes_bit_identical(uninterrupted, tmp_path):
+    _, summary, params, _ = uninterrupted
+    config = tiny_digits.get_config()
+    config.num_train_steps = 51  # stops inside the second epoch, schedule unchanged
+    first = train.train_and_evaluate(config, tmp_path)
+    assert first["steps"] == 51
+    config.num_train_steps = -1
+    resumed = train.train_and_evaluate(config, tmp_path)
+    assert resumed["steps"] == summary["steps"]
+    assert resumed["best_test_top1"] == summary["best_test_top1"]
+    assert resumed["final_test_top1"] == summary["final_test_top1"]
+    assert_same_params(restore_params(config, tmp_path)[0], params)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_process_resumes_bit_identical(uninterrupted, tmp_path, sig):
+    _, summary, params, _ = uninterrupted
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.main",
+        f"--config={TINY_CONFIG}",
+        f"--workdir={tmp_path}",
+    ]
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""), "JAX_PLATFORMS": "cpu"}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    latest = tmp_path / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        steps = (
+            [int(p.name) for p in latest.glob("*") if p.name.isdigit()] if latest.exists() else []
+        )
+        if steps and max(steps) >= 14:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, process.stderr.read().decode()[-2000:]
+    process.send_signal(sig)
+    code = process.wait(timeout=120)
+    if sig == signal.SIGTERM:
+        assert code == 130  # checkpointed, then exited
+        stopped = max(int(p.name) for p in latest.glob("*") if p.name.isdigit())
+        assert stopped >= 14
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr.decode()[-3000:]
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["steps"] == summary["steps"]
+    assert written["final_test_top1"] == summary["final_test_top1"]
+    assert_same_params(restore_params(tiny_digits.get_config(), tmp_path)[0], params)
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["split"] == "train"]
+    assert steps == sorted(set(steps))  # no step logged twice after the resume
+
+
+def test_eval_mode_reads_latest_and_best(uninterrupted):
+    workdir, summary, _, _ = uninterrupted
+    config = tiny_digits.get_config()
+    latest = train.evaluate(config, workdir)
+    assert latest["top1"] == pytest.approx(summary["final_test_top1"])
+    best = train.evaluate(config, workdir, checkpoint="best")
+    assert best["top1"] == pytest.approx(summary["best_test_top1"])
+    assert json.loads((workdir / "eval.json").read_text())["count"] == 360
+
+
+def test_checkpoint_from_another_config_is_an_error(uninterrupted):
+    workdir = uninterrupted[0]
+    config = tiny_digits.get_config()
+    config.time_steps = 2
+    with pytest.raises(
+        checkpointing.CheckpointMismatchError, match=r"time_steps: checkpoint has 4, config has 2"
+    ):
+        train.train_and_evaluate(config, workdir)
+    config = tiny_digits.get_config()
+    config.model_options.channels = (4, 16)
+    with pytest.raises(checkpointing.CheckpointMismatchError, match="model_options"):
+        train.evaluate(config, workdir)
+
+
+def test_missing_dataset_stops_before_compiling(tmp_path, monkeypatch):
+    config = cifar.get_config("model=resnet19,dataset=cifar10,t=4")
+    config.data_dir = str(tmp_path / "tfds")
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("a model was built before the dataset check")
+
+    monkeypatch.setattr(train, "Trainer", no_compiling)
+    with pytest.raises(data.DatasetNotPreparedError) as error:
+        train.train_and_evaluate(config, tmp_path / "run")
+    message = str(error.value)
+    assert "cifar10" in message and str(tmp_path / "tfds") in message and "tfds build" in message
+
+
+def test_sharded_step_matches_single_device():
+    config = tiny_digits.get_config()
+    info = data.dataset_info("digits")
+    batches = list(
+        data.train_batches("digits", data_dir=None, global_batch_size=32, seed=0, epoch=0)
+    )[:3]
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        trainer = train.Trainer(config, info.num_classes, 44, train.make_mesh(32, devices))
+        state = trainer.initial_state
+        losses = []
+        for batch in batches:
+            state, metrics = trainer.train_step(state, trainer.to_device(batch))
+            losses.append(float(metrics["loss"]))
+        results.append((losses, jax.device_get(state)))
+    assert len(jax.devices()) == 4
+    (losses_1, state_1), (losses_4, state_4) = results
+    np.testing.assert_allclose(losses_4, losses_1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(state_1), jax.tree.leaves(state_4), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+CONFIG_ROWS = (
+    [("digits", digits.get_config())]
+    + [(f"cifar:{row}", cifar.get_config(row)) for row in cifar.ROWS]
+    + [(f"imagenet:{row}", imagenet.get_config(row)) for row in imagenet.ROWS]
+    + [(f"ablations:{row}", ablations.get_config(row)) for row in ablations.ROWS]
+    + [("cifar10_dvs", cifar10_dvs.get_config())]
+)
+
+
+@pytest.mark.parametrize("name, config", CONFIG_ROWS, ids=[name for name, _ in CONFIG_ROWS])
+def test_every_config_builds_its_model_and_optimizer_abstractly(name, config):
+    info = data.dataset_info(config.dataset)
+    model = nnx.eval_shape(lambda: train.build_model(config, info.num_classes, nnx.Rngs(0)))
+    _, params, _ = nnx.split(model, nnx.Param, ...)
+    tx = recipe.create_optimizer(recipe.Recipe.from_config(config), params, steps_per_epoch=10)
+    opt_state = jax.eval_shape(tx.init, params)
+    assert jax.tree.leaves(opt_state)
+    for key in (
+        "dataset",
+        "model",
+        "time_steps",
+        "batch_size",
+        "num_epochs",
+        "num_train_steps",
+        "seed",
+    ):
+        assert key in config
+    assert config.batch_size % 4 == 0 or name == "digits"
+
+
+def test_config_docstrings_start_with_their_command():
+    for module in (digits, cifar, imagenet, ablations, cifar10_dvs):
+        command = module.__doc__.split("\n\n")[1].strip()
+        assert command.startswith("python -m experiments.main --config=experiments/configs/")
+        assert "Expected wall time" in module.__doc__
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.main",
+            f"--config={TINY_CONFIG}",
+            f"--workdir={tmp_path}",
+            "--config.lerning_rate=0.1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "lerning_rate" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_run_matches_single_process(tmp_path):
+    """Two processes on localhost (one CPU device each, gloo collectives) vs one process with two
+    devices: identical parameters in both processes, equal to the single-process run's."""
+    worker = ROOT / "tests" / "support" / "distributed_worker.py"
+    port = _free_port()
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    }
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(worker),
+                str(tmp_path / "two"),
+                str(tmp_path / "out"),
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={index}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for index in range(2)
+    ]
+    for process in processes:
+        output = process.communicate(timeout=600)[0].decode()
+        assert process.returncode == 0, output[-3000:]
+    single_env = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    single = subprocess.run(
+        [sys.executable, str(worker), str(tmp_path / "one"), str(tmp_path / "out_single")],
+        cwd=ROOT,
+        env=single_env,
+        capture_output=True,
+        timeout=600,
+    )
+    assert single.returncode == 0, single.stdout.decode()[-3000:] + single.stderr.decode()[-3000:]
+    p0 = dict(np.load(tmp_path / "out" / "params_0.npz"))
+    p1 = dict(np.load(tmp_path / "out" / "params_1.npz"))
+    one = dict(np.load(tmp_path / "out_single" / "params_0.npz"))
+    assert_same_params(p0, p1)
+    assert_same_params(p0, one, exact=False)
+
+
+def test_run_on_mesh_of_4_devices_trains():
+    """The default mesh spans the four fake devices; a short run on it learns."""
+    config = tiny_digits.get_config()
+    info = data.dataset_info("digits")
+    trainer = train.Trainer(config, info.num_classes, 44, train.make_mesh(32))
+    assert trainer.mesh.devices.size == 4
+    state = trainer.initial_state
+    batch = next(
+        iter(data.train_batches("digits", data_dir=None, global_batch_size=32, seed=0, epoch=0))
+    )
+    first = None
+    for _ in range(20):
+        state, metrics = trainer.train_step(state, trainer.to_device(batch))
+        first = float(metrics["loss"]) if first is None else first
+    assert float(metrics["loss"]) < first
+    assert jnp.isfinite(metrics["loss"])
+
+
+def test_eval_mode_evaluates_a_released_reference_checkpoint(tmp_path, monkeypatch):
+    """``--mode=eval --reference_checkpoint=FILE``: a file in the released container format."""
+    torch = pytest.importorskip("torch")
+    import tensorflow_datasets as tfds
+
+    from glif_jax import interop
+
+    config = cifar.get_config("model=resnet19,dataset=cifar10,t=2")
+    config.batch_size = 8
+    released = train.build_model(config, 10, nnx.Rngs(3))
+    state_dict = interop.export_reference_state_dict(released)
+    path = tmp_path / "resCifar19-CIFAR10-step2-CW.pth.tar"
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in state_dict.items()}}, path)
+    # mock_data stands in for a prepared dataset, which it does not write to disk.
+    monkeypatch.setattr(data, "check_prepared", lambda name, data_dir: None)
+    with tfds.testing.mock_data(num_examples=12):
+        result = train.evaluate(config, tmp_path / "eval", reference_checkpoint=str(path))
+        released.eval()
+        correct = 0
+        for batch in data.eval_batches("cifar10", data_dir=None, global_batch_size=8):
+            predictions = np.argmax(released(batch["image"]), axis=-1)
+            correct += int(np.sum((predictions == batch["label"]) & batch["mask"]))
+    assert result["count"] == 12
+    assert result["top1"] == pytest.approx(100 * correct / 12)
+    assert result["source"] == str(path)
