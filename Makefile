@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 WORKDIR ?= runs/digits
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench docs faults clean
 
 demo: $(VENV)/.demo
 	$(BIN)/python -m experiments.main --config=experiments/configs/digits.py --workdir=$(WORKDIR)
@@ -22,6 +22,14 @@ lint: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(BIN)/python -m experiments.benchmarks
+
+# The documentation with the API reference, into docs/_build/html; any warning is an error.
+docs: $(VENV)/.test
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+# Kill a short training run at random moments, many times, and check that no state is lost.
+faults: $(VENV)/.test
+	$(BIN)/python -m tests.support.faults --trials 10
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,4 +45,4 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.demo
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs docs/_build

@@ -229,7 +229,8 @@ class RunLog:
 
 
 class GlifRecords:
-    """Per-epoch raw values of every GLIF parameter of every GLIF layer (spec §4.4, §6).
+    """Per-epoch raw values of every GLIF parameter of every GLIF layer (docs/reference.md §4.4,
+    §6).
 
     Unlike the reference's ``record_param``, every layer (the stem included) and every parameter
     (``v_reset`` included) is recorded. Stored in an ``.npz``: key ``"<layer path>/<param>"`` holds

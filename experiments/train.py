@@ -433,10 +433,10 @@ class _Run:
 
     def log_train(self, bar) -> None:
         summary = self.window.flush()
+        rate = float(self.schedule(self.step - 1))
+        self.log.train(self.step, self.epoch_of_last_step, summary, rate)
         self._check_finite(summary)
-        self.log.train(
-            self.step, self.epoch_of_last_step, summary, float(self.schedule(self.step - 1))
-        )
+        self.checkpoints.seal_finished()
         bar.set_postfix(
             loss=f"{summary['loss']:.3f}",
             top1=f"{summary['top1']:.1f}",
@@ -541,6 +541,13 @@ class _Run:
             "processes": jax.process_count(),
         }
         self.log.finish(summary, self.records)
+        if self.config.analyze_after_training and jax.process_count() == 1:
+            from experiments import analyze
+
+            model = self.trainer.model(self.state)
+            source = f"{self.workdir} (final, step {self.step})"
+            report = analyze.analyze_model(model, self.config, self.workdir, source=source)
+            self.log.print(analyze.summary_line(report))
         return summary
 
 
@@ -555,25 +562,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       KeyboardInterrupt: Ctrl-C or SIGTERM, after the state was checkpointed.
     """
     run = _Run(config, Path(workdir))
-    with _stop_requests() as stop, run.log.progress(total=run.stop_step, initial=run.step) as bar:
-        try:
-            while run.step < run.stop_step and not stop["stop"]:
-                for batch in run.batches():
-                    run.after_step(*run.trainer.train_step(run.state, batch), bar)
-                    if stop["stop"] or run.step >= run.stop_step:
-                        break
-                else:
-                    run.check_epoch_complete()
-            if stop["stop"]:
-                raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            run.save()
-            run.checkpoints.wait()
-            run.log.print(
-                f"interrupted at step {run.step}; checkpoint saved, run the same command to resume"
-            )
-            raise
-    return run.finish()
+    with _stop_requests() as stop:
+        with run.log.progress(total=run.stop_step, initial=run.step) as bar:
+            try:
+                while run.step < run.stop_step and not stop["stop"]:
+                    for batch in run.batches():
+                        run.after_step(*run.trainer.train_step(run.state, batch), bar)
+                        if stop["stop"] or run.step >= run.stop_step:
+                            break
+                    else:
+                        run.check_epoch_complete()
+                if stop["stop"]:
+                    raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                run.save()
+                run.checkpoints.wait()
+                run.log.print(
+                    f"interrupted at step {run.step}; checkpoint saved, run the same command "
+                    "to resume"
+                )
+                raise
+        # Training is done and checkpointed: a SIGTERM from here on waits for the summary.
+        return run.finish()
 
 
 def evaluate(

@@ -294,7 +294,7 @@ def simplex_params(code: str, channels: int | None, time_steps: int, **init_kwar
 
     Args:
       code: three characters from ``{"0", "1"}``, for α, β, γ in that order.
-      channels, time_steps, **init_kwargs: as :func:`init_params` (but no ``gates`` or ``key``).
+      channels, time_steps, init_kwargs: as :func:`init_params` (but no ``gates`` or ``key``).
     """
     if not (isinstance(code, str) and len(code) == 3 and set(code) <= {"0", "1"}):
         raise ValueError(
@@ -411,12 +411,21 @@ def glif_step(
     Returns:
       ``(GLIFState(u_t, o_t), o_t)``.
 
-    Example (online simulation, one step at a time)::
+    Example:
+      Online simulation, one step at a time, gives the spikes of :func:`glif`:
 
-        coeffs = coefficients(params, "soft")
-        state = init_state(x_t.shape)
-        for t in range(T):
-            state, spike = glif_step(state, (x[t], coeffs.input_scale[t]), coeffs)
+      >>> import jax, jax.numpy as jnp
+      >>> from glif_jax import neuron
+      >>> params = neuron.init_params(8, 3, key=jax.random.key(0))
+      >>> x = jax.random.normal(jax.random.key(1), (3, 2, 8))
+      >>> coeffs = neuron.coefficients(params, "soft")
+      >>> state = neuron.init_state(x.shape[1:])
+      >>> spikes = []
+      >>> for t in range(3):
+      ...     state, spike = neuron.glif_step(state, (x[t], coeffs.input_scale[t]), coeffs)
+      ...     spikes.append(spike)
+      >>> bool((jnp.stack(spikes) == neuron.glif(params, x)).all())
+      True
     """
     x_t, input_scale_t = inputs
     o_prev = jax.lax.stop_gradient(state.spike) if detach_reset else state.spike

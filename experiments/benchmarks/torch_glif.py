@@ -3,10 +3,10 @@ specification's equations (§1.3-§1.4), differentiated by autograd. Benchmark-o
 
 Channel-wise, soft gates, the rectangle surrogate, the reset not detached. Two layouts:
 
-* ``"reference"``: as the reference code runs it (spec §1.3): the input is ``(T, B, C, H, W)``,
-  the per-channel parameters are broadcast as ``(1, C, 1, 1)`` and their sigmoids taken inside the
-  per-step update, and the spikes are written into a preallocated ``out`` whose row t−1 is read
-  back (``.clone()``) as the previous spike;
+* ``"reference"``: as the reference code runs it (docs/reference.md §1.3): the input is
+  ``(T, B, C, H, W)``, the per-channel parameters are broadcast as ``(1, C, 1, 1)`` and their
+  sigmoids taken inside the per-step update, and the spikes are written into a preallocated
+  ``out`` whose row t−1 is read back (``.clone()``) as the previous spike;
 * ``"channel_last"``: the same equations on glif_jax's layout ``(T, B, H, W, C)``, with the
   sigmoids taken once and the spikes stacked at the end: the faster of the two on a CPU.
 

@@ -1,4 +1,4 @@
-"""The keys every config has, with the reference's static-image recipe (spec §4.1) as defaults.
+"""The keys every config has, with the reference's static-image recipe (docs/reference.md §4.1) as defaults.
 
 Not a runnable config itself: the experiment configs start from :func:`base_config` and change
 what their experiment changes. Every key is documented here, once.
@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.num_epochs = 200
     config.num_train_steps = -1  # > 0: stop after that many steps, schedule unchanged
     config.seed = 9
-    # Optimiser (spec §4.1): SGD, momentum 0.9; weight decay on conv, linear and BN only;
+    # Optimiser (docs/reference.md §4.1): SGD, momentum 0.9; weight decay on conv, linear and BN only;
     # the gates alpha, beta, gamma at learning_rate * gate_lr_scale.
     config.learning_rate = 0.1
     config.momentum = 0.9
@@ -57,9 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Logging and checkpoints.
     config.log_every_steps = 50
     config.checkpoint_every_steps = 500  # and at the end of every epoch
-    config.max_to_keep = (
-        2  # latest checkpoints kept: at least 2, so that a damaged one has a fallback
-    )
+    # Latest checkpoints kept: at least 2, so that a damaged one has an intact one to fall back to.
+    config.max_to_keep = 2
+    # After training: the spike activity and energy of the final network over the test split,
+    # into analysis.json, analysis.md and two plots (docs/analysis.md); single-process runs only.
+    config.analyze_after_training = True
     return config
 
 

@@ -9,7 +9,7 @@ or TPU host, where the reference took about a day per run (not measured here).
 
 Variants (``key=value`` after the ``:``): model ∈ {resnet19, resnet18, cifarnet}, dataset ∈
 {cifar10, cifar100}, t ∈ {2, 4, 5, 6}. The paper's rows are listed in ``ROWS``. The recipe is the
-reference's README command (spec §4.1): SGD 0.1 with momentum 0.9, weight decay 4e-5 on conv,
+reference's README command (docs/reference.md §4.1): SGD 0.1 with momentum 0.9, weight decay 4e-5 on conv,
 linear and BN, none on GLIF, gates at lr/10, cosine per epoch over 200 epochs, batch 64,
 channel-wise soft GLIF with random gates, cross-entropy on the mean-over-T logits.
 """

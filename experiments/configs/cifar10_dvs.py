@@ -6,7 +6,7 @@ Expected wall time: 200 epochs of 281 steps at batch 32 with 16 frames of 48×48
 for the reference (not measured here); building the frame cache once takes tens of minutes on a
 few CPU cores (progress bar shown).
 
-The published recipe (spec §4.3, §5.15): SGD lr 0.01, momentum 0.9, **no** weight decay, one
+The published recipe (docs/reference.md §4.3, §5.15): SGD lr 0.01, momentum 0.9, **no** weight decay, one
 parameter group (the gates at the same lr), torch's CosineAnnealingLR with T_max = 64 stepped per
 epoch over 200 epochs (periodic: back to 0.01 at epoch 128), batch 32, bf16 mixed precision as the
 reference's AMP, seed 9, plain BatchNorm (the net has no tdBN). The reported number is the best

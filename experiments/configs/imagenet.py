@@ -7,12 +7,12 @@ the reference; not measured here). It runs data-parallel over every device of ev
 one process per host; see the README).
 
 Variants: model ∈ {ms_resnet18, resnet34, ms_resnet34}, t ∈ {6, 4}; the paper's rows are in
-``ROWS``. Recipe (spec §4.1): SGD 0.1, momentum 0.9, weight decay 4e-5 (not on GLIF), the gates at
+``ROWS``. Recipe (docs/reference.md §4.1): SGD 0.1, momentum 0.9, weight decay 4e-5 (not on GLIF), the gates at
 the same learning rate as the rest (the reference sets no lr/10 on ImageNet), cosine per epoch over
 150 epochs. The reference used batch 50 per GPU on an unstated number of GPUs; the global batch
 here is 400 (8 × 50), change it with ``--config.batch_size``. glif_jax keeps tdBN across devices
 (statistics over the global batch); the reference's multi-GPU run silently trained with plain BN
-(spec §5.5), available as ``--config.model_options.plain_bn=True``.
+(docs/reference.md §5.5), available as ``--config.model_options.plain_bn=True``.
 """
 
 from experiments.configs.base import base_config, parse_variant

@@ -20,10 +20,9 @@ that data path in NumPy:
 Frames are time-major and channel-last, ``(T, H, W, 2)``: channel 0 counts the events of
 polarity ``p = 0``, channel 1 those of ``p = 1``; row ``y``, column ``x``.
 
-Example (with the dataset prepared as the README says)::
-
-    source = FrameSource("~/data/CIFAR10-DVS", "train")  # builds the cache on first use
-    example = source[0]  # {'image': (16, 48, 48, 2) float32, 'label': 0}
+With the dataset prepared as docs/datasets.md says, ``FrameSource("~/data/CIFAR10-DVS",
+"train")`` builds the cache on first use, and its ``[0]`` is ``{'image': (16, 48, 48, 2)
+float32, 'label': 0}``.
 """
 
 from __future__ import annotations
@@ -525,18 +524,46 @@ def build_frames(
     return frames_path
 
 
+def check_cache(
+    cache_dir: str | os.PathLike,
+    split: Split,
+    *,
+    num_frames: int = NUM_FRAMES,
+    size: int = FRAME_SIZE,
+) -> np.ndarray:
+    """Check a split's cached frames without reading them: the files open, whole, with the
+    shape and dtype :func:`build_frames` writes.
+
+    Returns:
+      The split's labels.
+
+    Raises:
+      ValueError: naming the file, what it holds and what was expected, and how to rebuild it.
+    """
+    frames_path, labels_path, _ = _cache_paths(Path(cache_dir), split)
+    advice = f"delete {Path(cache_dir)} to rebuild it from the recordings."
+    try:
+        labels = np.load(labels_path)
+        frames = np.load(frames_path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"CIFAR10-DVS cache: {error} ({frames_path}); {advice}") from None
+    expected = (len(labels), num_frames, size, size, 2)
+    if frames.shape != expected or frames.dtype != np.float32:
+        raise ValueError(
+            f"CIFAR10-DVS cache: {frames_path} holds frames of shape {frames.shape} and dtype "
+            f"{frames.dtype}, expected {expected} float32; {advice}"
+        )
+    return labels
+
+
 class FrameSource:
     """Random access to a split's cached frames, for grain or any loop.
 
     ``source[i]`` is ``{'image': (T, 48, 48, 2) float32, 'label': int}``: event counts resized
     as the reference, not cropped (training adds
     :func:`experiments.data.transforms.pad_and_random_crop`). The frames are memory-mapped, so a
-    source is cheap to open and to pickle into worker processes.
-
-    Example::
-
-        train = FrameSource("~/data/CIFAR10-DVS", "train")
-        len(train), train[0]["image"].shape  # 9000, (16, 48, 48, 2)
+    source is cheap to open and to pickle into worker processes. The full training split holds
+    9000 recordings.
     """
 
     def __init__(
@@ -559,15 +586,8 @@ class FrameSource:
         """
         self.split = split
         self.frames_path = build_frames(root, split, cache_dir, num_frames=num_frames, size=size)
-        self.labels = np.load(_cache_paths(self.frames_path.parent, split)[1])
+        self.labels = check_cache(self.frames_path.parent, split, num_frames=num_frames, size=size)
         self._frames: np.ndarray | None = None
-        expected = (len(self.labels), num_frames, size, size, 2)
-        if self._open().shape != expected:
-            raise ValueError(
-                f"FrameSource: the cache {self.frames_path} holds frames of shape "
-                f"{self._open().shape}, expected {expected}; delete {self.frames_path.parent} "
-                "to rebuild it."
-            )
 
     def _open(self) -> np.ndarray:
         if self._frames is None:

@@ -102,7 +102,7 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "cifar10": DatasetSpec(
         info=DatasetInfo("cifar10", 10, (32, 32, 3), 50_000, 10_000),
-        source=TfdsSource("cifar10"),
+        source=TfdsSource("cifar10", image_shape=(32, 32, 3)),
         train_transform=functools.partial(
             cifar_train_transform, mean=CIFAR10_MEAN, std=CIFAR10_STD
         ),
@@ -111,7 +111,7 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "cifar100": DatasetSpec(
         info=DatasetInfo("cifar100", 100, (32, 32, 3), 50_000, 10_000),
-        source=TfdsSource("cifar100"),
+        source=TfdsSource("cifar100", image_shape=(32, 32, 3)),
         train_transform=functools.partial(
             cifar_train_transform, mean=CIFAR100_MEAN, std=CIFAR100_STD
         ),
@@ -130,6 +130,7 @@ DATASETS: dict[str, DatasetSpec] = {
         info=DatasetInfo("imagenet2012", 1000, (224, 224, 3), 1_281_167, 50_000),
         source=TfdsSource(
             "imagenet2012",
+            image_shape=(None, None, 3),
             eval_split="validation",
             manual_download=(
                 "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "

@@ -60,11 +60,13 @@ class TfdsSource:
 
     Attributes:
       name: the tfds name, e.g. "cifar10".
+      image_shape: the shape of a stored image, ``None`` where it varies; images are uint8.
       eval_split: the tfds split used for evaluation.
       manual_download: what must be downloaded by hand before `tfds build`, if anything.
     """
 
     name: str
+    image_shape: tuple[int | None, ...]
     eval_split: str = "test"
     manual_download: str | None = None
 
@@ -80,6 +82,7 @@ class TfdsSource:
         builder = tfds.builder(self.name, data_dir=root)
         formats = builder.info.available_file_formats() if builder.is_prepared() else set()
         if tfds.core.FileFormat.ARRAY_RECORD in formats:
+            self._check_files(builder, root)
             return
         message = (
             f"Dataset '{self.name}' is not prepared: no ArrayRecord files in {builder.data_dir}"
@@ -92,6 +95,56 @@ class TfdsSource:
                 "--out_file_format=array_record"
             )
         raise DatasetNotPreparedError(f"{message}.\n{self.prepare_instructions(root)}")
+
+    def _check_files(self, builder, root: str) -> None:
+        """Every ArrayRecord file of both splits opens, holds the examples tfds wrote, and its
+        first and last examples decode to images of :attr:`image_shape`, uint8."""
+        from array_record.python.array_record_module import ArrayRecordReader
+
+        for split in ("train", self.eval_split):
+            info = builder.info.splits[split]
+            found = 0
+            for path in info.filepaths:
+                try:
+                    reader = ArrayRecordReader(str(path))
+                    count = reader.num_records()
+                    records = reader.read(sorted({0, count - 1})) if count else []
+                    reader.close()
+                except Exception as error:  # a truncated or foreign file fails in many ways
+                    raise self._damaged(path, f"it cannot be read ({error})", root) from None
+                for record in records:
+                    self._check_image(
+                        builder.info.features.deserialize_example_np(record), path, root
+                    )
+                found += count
+            if found != info.num_examples:
+                raise self._damaged(
+                    builder.data_dir,
+                    f"its {split} split holds {found} examples, {info.num_examples} were written",
+                    root,
+                )
+
+    def _check_image(self, example, path, root: str) -> None:
+        image = np.asarray(example["image"])
+        expected = self.image_shape
+        shape_ok = image.ndim == len(expected) and all(
+            want is None or got == want for got, want in zip(image.shape, expected, strict=True)
+        )
+        if not shape_ok or image.dtype != np.uint8:
+            shown = tuple("any" if s is None else s for s in expected)
+            raise self._damaged(
+                path,
+                f"it holds images of shape {image.shape} and dtype {image.dtype}, expected "
+                f"{shown} uint8",
+                root,
+            )
+
+    def _damaged(self, path, problem: str, root: str) -> DatasetNotPreparedError:
+        return DatasetNotPreparedError(
+            f"Dataset '{self.name}' is damaged: {path}: {problem}. Delete "
+            f"{os.path.join(root, self.name)} and prepare it again.\n"
+            f"{self.prepare_instructions(root)}"
+        )
 
     def prepare_instructions(self, root: str) -> str:
         """The commands that prepare this dataset under the data directory `root`."""
@@ -172,6 +225,11 @@ class Cifar10DvsSource:
         root = self._root(data_dir)
         cache = cifar10_dvs.default_cache_dir(root)
         if all((cache / f"{split}_frames.npy").exists() for split in cifar10_dvs.SPLITS):
+            for split in cifar10_dvs.SPLITS:
+                try:
+                    cifar10_dvs.check_cache(cache, split)
+                except ValueError as error:
+                    raise DatasetNotPreparedError(str(error)) from None
             return
         try:
             cifar10_dvs.find_event_dir(root)

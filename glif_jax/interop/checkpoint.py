@@ -3,12 +3,22 @@
 Reading ``.pth`` files needs PyTorch, an optional dependency (``pip install 'glif_jax[torch]'``).
 Files are read with ``torch.load(..., weights_only=True)``: a checkpoint never runs code.
 
-Example::
+Example:
+  A file in the released format (here written from a network of glif_jax, as the released
+  files are read: ``{"state_dict": {name: tensor}}``), loaded into the network its name says:
 
-    from glif_jax import interop
-    model = interop.load_reference_checkpoint("resCifar19-CIFAR10-step4-CW.pth.tar")
-    model.eval()
-    logits = model(images)           # images (B, 32, 32, 3), normalised as in training
+  >>> import pathlib, tempfile, torch
+  >>> from flax import nnx
+  >>> from glif_jax import interop, models
+  >>> net = models.create("resnet19", num_classes=10, time_steps=4, rngs=nnx.Rngs(0))
+  >>> state_dict = interop.export_reference_state_dict(net)
+  >>> tensors = {k: torch.from_numpy(v) for k, v in state_dict.items()}
+  >>> path = pathlib.Path(tempfile.mkdtemp()) / "resCifar19-CIFAR10-step4-CW.pth.tar"
+  >>> torch.save({"state_dict": tensors}, path)
+  >>> model = interop.load_reference_checkpoint(path)
+  >>> type(model).__name__, model.time_steps
+  ('SpikingResNet', 4)
+  >>> model.eval()  # then model(images), images (B, 32, 32, 3) normalised as in training
 """
 
 from __future__ import annotations
@@ -60,8 +70,8 @@ def reference_model_config(
     ``resCifar19-CIFAR10-step4-CW.pth.tar`` → ``("resnet19", {num_classes: 10, time_steps: 4})``;
     ``resCifar18stand-CIFAR100-step2-CW.pth.tar`` → ResNet-18 for CIFAR-100 at T = 2;
     ``resnet18MS-ImageNet-step6.pth.tar`` → MS-ResNet-18, 1000 classes, T = 6, ``plain_bn=True``
-    (its tdBN layers were saved as plain BN, spec §5.5); ``cifar10dvs/checkpoint_max.pth`` → the
-    7B-wideNet at T = 16.
+    (its tdBN layers were saved as plain BN, docs/reference.md §5.5);
+    ``cifar10dvs/checkpoint_max.pth`` → the 7B-wideNet at T = 16.
 
     Args:
       name: the file name or path.
@@ -160,7 +170,7 @@ def load_reference_checkpoint(
       model: the network to load into; ``None`` builds it from the file name
         (:func:`create_reference_model`, with ``plain_bn=True`` when the file's tdBN layers were
         saved as plain BN).
-      rngs, **options: for :func:`create_reference_model` when ``model`` is ``None``.
+      rngs, options: for :func:`create_reference_model` when ``model`` is ``None``.
 
     Returns:
       The loaded network. Call ``model.eval()`` before evaluating it.

@@ -5,18 +5,17 @@ networks of :mod:`glif_jax.models` mirror that structure, so the mapping is a wa
 model with one small table of child names per module class (:data:`REFERENCE_NAMES`) and one
 conversion per leaf layer:
 
-| glif_jax | reference | conversion |
-|---|---|---|
-| ``nnx.Conv.kernel`` | ``weight`` | HWIO ⇄ OIHW |
-| ``nnx.Linear.kernel``, ``bias`` | ``weight``, ``bias`` | (in, out) ⇄ (out, in) |
-| ``TDBatchNorm.scale, bias, mean, var`` | ``weight, bias, running_mean, running_var`` | |
-| ``TDBatchNorm.num_batches_tracked`` | ``num_batches_tracked`` | int32 ⇄ int64 |
-| ``TDBatchNorm.v_th`` (tdBN only) | ``Vth`` buffer (0.5) | float ⇄ float32 scalar |
-| ``GLIF.alpha, beta, gamma, tau`` | ``alpha, beta, gamma, tau`` | float64 gates (DVS) ⇄ float32 |
-| ``GLIF.v_th, leak, v_reset, conduct`` | ``Vth, leak, reVth, conduct`` | |
+- ``nnx.Conv.kernel`` ⇄ ``weight``: HWIO ⇄ OIHW;
+- ``nnx.Linear.kernel``, ``bias`` ⇄ ``weight``, ``bias``: (in, out) ⇄ (out, in);
+- ``TDBatchNorm.scale, bias, mean, var`` ⇄ ``weight, bias, running_mean, running_var``;
+- ``TDBatchNorm.num_batches_tracked`` ⇄ ``num_batches_tracked``: int32 ⇄ int64;
+- ``TDBatchNorm.v_th`` (tdBN only) ⇄ the ``Vth`` buffer (0.5): float ⇄ float32 scalar;
+- ``GLIF.alpha, beta, gamma, tau`` ⇄ ``alpha, beta, gamma, tau``: float64 gates (DVS) ⇄
+  float32;
+- ``GLIF.v_th, leak, v_reset, conduct`` ⇄ ``Vth, leak, reVth, conduct``.
 
-GLIF_f (``mode="fused"``) has no gates in glif_jax (spec §6); the reference's GLIF_f has a
-``gamma`` that it never uses: it is checked on import and exported as its initial value.
+GLIF_f (``mode="fused"``) has no gates in glif_jax (docs/reference.md §6); the reference's GLIF_f
+has a ``gamma`` that it never uses: it is checked on import and exported as its initial value.
 """
 
 from __future__ import annotations
@@ -82,11 +81,11 @@ _BN_NAMES = (
     ("var", "running_var"),
     ("num_batches_tracked", "num_batches_tracked"),
 )
-# The CIFAR10-DVS neuron stores its gates in float64 (spec §1.9); glif_jax computes in float32
-# (spec §6) and exports them back in the reference's dtype.
+# The CIFAR10-DVS neuron stores its gates in float64 (docs/reference.md §1.9); glif_jax computes
+# in float32 (docs/reference.md §6) and exports them back in the reference's dtype.
 _GATE_DTYPES = {SEWResNet: "float64"}
 # The reference's GLIF_f initialises its unused gamma from the default gate 0.6 through the
-# mapping (g − 0.5)/2 + 0.5 (spec §1.8); glif_jax exports that value.
+# mapping (g − 0.5)/2 + 0.5 (docs/reference.md §1.8); glif_jax exports that value.
 _DEAD_GAMMA = -math.log(1 / 0.55 - 1)
 
 
@@ -231,8 +230,9 @@ def _check_normalisation(layout: dict[str, _Entry], state_dict: Mapping[str, Any
         raise ValueError(
             "load_reference_state_dict: the state dict has no tdBN 'Vth' buffers: its "
             "normalisation layers were saved as plain BatchNorm (as in the released ImageNet "
-            "checkpoint, trained with SyncBatchNorm, which drops tdBN's alpha·Vth factor; spec "
-            "§5.5). Evaluate it as it was trained: build the model with plain_bn=True."
+            "checkpoint, trained with SyncBatchNorm, which drops tdBN's alpha·Vth factor; "
+            "docs/reference.md §5.5). Evaluate it as it was trained: build the model with "
+            "plain_bn=True."
         )
     if has_vth and not expects_vth:
         raise ValueError(
@@ -250,8 +250,8 @@ def load_reference_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) 
     """Put a reference state dict into ``model`` (in place) and return it.
 
     Accepts torch tensors or arrays, the reference's layouts and dtypes (float64 gates are cast
-    to float32, spec §6) and the ``module.`` prefix of ``DistributedDataParallel`` checkpoints.
-    Nothing is written unless every key and shape matches.
+    to float32, docs/reference.md §6) and the ``module.`` prefix of ``DistributedDataParallel``
+    checkpoints. Nothing is written unless every key and shape matches.
 
     Args:
       model: the matching network of :mod:`glif_jax.models`, e.g.

@@ -1,4 +1,5 @@
-"""Residual blocks of the paper's networks, in the reference's order of operations (spec §3).
+"""Residual blocks of the paper's networks, in the reference's order of operations
+(docs/reference.md §3).
 
 Axes: ``(T, B, H, W, C)``; every block maps ``(T, B, H, W, C_in)`` to ``(T, B, H/s, W/s, C_out)``.
 """
@@ -14,7 +15,7 @@ __all__ = ["BasicBlock", "MSBlock", "SEWBlock", "shortcut"]
 
 
 def shortcut(c_in: int, c_out: int, stride: int, build: Builder, *, rngs: nnx.Rngs):
-    """The residual branch of the ResNet blocks (spec §3.1, §5.7).
+    """The residual branch of the ResNet blocks (docs/reference.md §3.1, §5.7).
 
     With unchanged shape it is tdBN(α = 1/√2) on the input, not a pure identity: it has its own
     affine parameters and statistics. Otherwise conv1×1 (stride ``stride``) → tdBN(α = 1/√2).
@@ -25,7 +26,7 @@ def shortcut(c_in: int, c_out: int, stride: int, build: Builder, *, rngs: nnx.Rn
 
 
 class BasicBlock(nnx.Module):
-    """The post-activation spiking block (the reference's ``BasicBlock_CW``, spec §3.1)::
+    """The post-activation block (the reference's ``BasicBlock_CW``, docs/reference.md §3.1)::
 
         body = tdBN_{1/√2}(conv3×3(GLIF(tdBN_1(conv3×3_s(x)))))
         out  = GLIF(body + shortcut(x))
@@ -49,7 +50,8 @@ class BasicBlock(nnx.Module):
 
 
 class MSBlock(nnx.Module):
-    """The membrane-shortcut block of the ImageNet MS-ResNets (``BasicBlock_CW_MS``, spec §3.5)::
+    """The membrane-shortcut block of the MS-ResNets (``BasicBlock_CW_MS``, docs/reference.md
+    §3.5)::
 
         body = tdBN_{1/√2}(conv3×3(GLIF(tdBN_1(conv3×3_s(GLIF(x))))))
         out  = body + shortcut(x)
@@ -75,7 +77,7 @@ class MSBlock(nnx.Module):
 
 
 class SEWBlock(nnx.Module):
-    """The spike-element-wise block with ADD (SEW-ResNet, the CIFAR10-DVS network, spec §3.7)::
+    """The spike-element-wise block with ADD (the CIFAR10-DVS network, docs/reference.md §3.7)::
 
         out = cba(cba(x)) + x,   cba = GLIF(BN(conv3×3(·)))
 

@@ -1,4 +1,5 @@
-"""CIFARNet (spec §3.4): a plain spiking VGG-like network with a three-linear classifier."""
+"""CIFARNet (docs/reference.md §3.4): a plain spiking VGG-like network, three linear layers on
+top."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ class CIFARNet(nnx.Module):
       classifier_widths: the hidden widths of the classifier.
       input_size: the (square) image size; it sets the first linear's input, C·(size/4)².
       in_channels: C_in of the images.
-      plain_bn, remat, dtype, **glif_options: as :class:`~glif_jax.models.SpikingResNet`
+      plain_bn, remat, dtype, glif_options: as :class:`~glif_jax.models.SpikingResNet`
         (``remat`` recomputes each feature layer).
 
     Attributes:

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 SHORTCUT_ALPHA = 1 / math.sqrt(2)
-"""The tdBN factor of the two branches that are summed in a residual block (spec §2.1)."""
+"""The tdBN factor of the two branches summed in a residual block (docs/reference.md §2.1)."""
 
 kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 """The reference's conv init: untruncated N(0, 2/(C_out·k·k)) (``kaiming_normal_``, fan-out,
@@ -93,9 +93,9 @@ def glif_factory(
 ) -> Callable[..., gnn.GLIF]:
     """A function ``make(channels, *, rngs) -> glif_jax.nn.GLIF`` for every GLIF layer of a network.
 
-    The defaults are the reference's training setup (spec §1.2, §1.6): channel-wise soft gates
-    drawn raw from U(−0.1, 0.1), τ = 0.25, V_th = R = 0.5, ℓ = 0.0625 for every T, gᵗ = 0.5 and the
-    rectangle surrogate.
+    The defaults are the reference's training setup (docs/reference.md §1.2, §1.6): channel-wise
+    soft gates drawn raw from U(−0.1, 0.1), τ = 0.25, V_th = R = 0.5, ℓ = 0.0625 for every T,
+    gᵗ = 0.5 and the rectangle surrogate.
 
     Args:
       time_steps: T.
@@ -227,7 +227,8 @@ class Builder:
       time_steps: T.
       make_glif: from :func:`glif_factory`.
       plain_bn: plain BatchNorm (torch conventions) instead of tdBN: the DVS networks, and the
-        released ImageNet checkpoint, whose tdBN layers were trained as plain BN (spec §5.5).
+        released ImageNet checkpoint, whose tdBN layers were trained as plain BN
+        (docs/reference.md §5.5).
       dtype: the compute dtype of convolutions and linears; parameters stay float32.
       init: ``"reference"`` (conv kaiming-normal fan-out, linear N(0, 0.01²)) or ``"torch"``
         (PyTorch's default inits, as the CIFAR10-DVS network).

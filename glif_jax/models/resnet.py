@@ -1,14 +1,17 @@
-"""The paper's spiking ResNets (spec §3.2, §3.3, §3.5, §3.6), as the reference builds them.
+"""The paper's spiking ResNets, as the reference builds them (docs/reference.md §3.2, §3.3, §3.5,
+§3.6).
 
 Every variant is a ``functools.partial`` of :class:`SpikingResNet`:
 
-| name            | blocks                     | stem                   | stage strides | input    |
-|-----------------|----------------------------|------------------------|---------------|----------|
-| ``resnet19``    | post-activation, 3-3-2     | 3×3/1, 128             | 1, 2, 2       | CIFAR    |
-| ``resnet18``    | post-activation, 2-2-2-2   | 3×3/1, 64              | 1, 1, 2, 2    | CIFAR    |
-| ``resnet34``    | post-activation, 3-4-6-3   | 7×7/2/p1, 64, no pool  | 2, 2, 2, 2    | ImageNet |
-| ``ms_resnet18`` | membrane shortcut, 2-2-2-2 | 7×7/2/p1, 64, no pool  | 2, 2, 2, 2    | ImageNet |
-| ``ms_resnet34`` | membrane shortcut, 3-4-6-3 | 7×7/2/p1, 64, no pool  | 2, 2, 2, 2    | ImageNet |
+===============  ==========================  =====================  =============  ========
+name             blocks                      stem                   stage strides  input
+===============  ==========================  =====================  =============  ========
+``resnet19``     post-activation, 3-3-2      3×3/1, 128             1, 2, 2        CIFAR
+``resnet18``     post-activation, 2-2-2-2    3×3/1, 64              1, 1, 2, 2     CIFAR
+``resnet34``     post-activation, 3-4-6-3    7×7/2/p1, 64, no pool  2, 2, 2, 2     ImageNet
+``ms_resnet18``  membrane shortcut, 2-2-2-2  7×7/2/p1, 64, no pool  2, 2, 2, 2     ImageNet
+``ms_resnet34``  membrane shortcut, 3-4-6-3  7×7/2/p1, 64, no pool  2, 2, 2, 2     ImageNet
+===============  ==========================  =====================  =============  ========
 
 Example::
 
@@ -52,7 +55,8 @@ def reference_two_layer_head(name: str, num_classes: int, *, channel_wise: bool,
     """Whether the reference's network ``name`` ends with two linears 512→256→n (else one 512→n).
 
     The CIFAR ResNets and the MS-ResNets use two for n ≤ 50; the layer-wise ResNet-18, every GLIF_f
-    (``mode="fused"``) network and the post-activation ResNet-34 always use one (spec §3.2-§3.6).
+    (``mode="fused"``) network and the post-activation ResNet-34 always use one
+    (docs/reference.md §3.2-§3.6).
     """
     if name == "resnet34" or mode == "fused" or num_classes > 50:
         return False
@@ -62,11 +66,12 @@ def reference_two_layer_head(name: str, num_classes: int, *, channel_wise: bool,
 class SpikingResNet(nnx.Module):
     """A spiking ResNet: stem, residual stages, global average pool, bias-free linear head.
 
-    Input ``(B, H, W, C_in)`` normalised images, repeated over T (direct encoding, spec §2.3).
+    Input ``(B, H, W, C_in)`` normalised images, repeated over T (direct encoding,
+    docs/reference.md §2.3).
     The stem is conv → tdBN(1) → GLIF; the stages are :class:`~glif_jax.models.blocks.BasicBlock`
     (post-activation) or :class:`~glif_jax.models.blocks.MSBlock` (membrane shortcut); the head is
     applied to the spatially pooled features of every step and the logits are the mean over T
-    (spec §2.4).
+    (docs/reference.md §2.4).
 
     Args:
       num_classes: n.
@@ -182,7 +187,7 @@ resnet19 = functools.partial(
     stage_repeats=(3, 3, 2),
     stage_strides=(1, 2, 2),
 )
-"""ResNet-19 for CIFAR (spec §3.2): the paper's main CIFAR network."""
+"""ResNet-19 for CIFAR (docs/reference.md §3.2): the paper's main CIFAR network."""
 
 resnet18 = functools.partial(
     SpikingResNet,
@@ -193,7 +198,7 @@ resnet18 = functools.partial(
     stage_repeats=(2, 2, 2, 2),
     stage_strides=(1, 1, 2, 2),
 )
-"""ResNet-18 "stand" for CIFAR (spec §3.3), with the reference's strides [1, 1, 2, 2]."""
+"""ResNet-18 "stand" for CIFAR (docs/reference.md §3.3), with the strides [1, 1, 2, 2]."""
 
 _IMAGENET_STEM = dict(stem_channels=64, stem_kernel=7, stem_stride=2, stem_padding=1)
 
@@ -206,7 +211,8 @@ resnet34 = functools.partial(
     stage_strides=(2, 2, 2, 2),
     **_IMAGENET_STEM,
 )
-"""The post-activation ResNet-34 for ImageNet (spec §3.6): 7×7/s2/p1 stem, no max-pool."""
+"""The post-activation ResNet-34 for ImageNet (docs/reference.md §3.6): 7×7/s2/p1 stem, no
+max-pool."""
 
 ms_resnet18 = functools.partial(
     SpikingResNet,
@@ -217,7 +223,8 @@ ms_resnet18 = functools.partial(
     stage_strides=(2, 2, 2, 2),
     **_IMAGENET_STEM,
 )
-"""MS-ResNet-18 for ImageNet (spec §3.5): membrane shortcuts, 7×7/s2/p1 stem, no max-pool."""
+"""MS-ResNet-18 for ImageNet (docs/reference.md §3.5): membrane shortcuts, 7×7/s2/p1 stem, no
+max-pool."""
 
 ms_resnet34 = functools.partial(
     SpikingResNet,
@@ -228,4 +235,4 @@ ms_resnet34 = functools.partial(
     stage_strides=(2, 2, 2, 2),
     **_IMAGENET_STEM,
 )
-"""MS-ResNet-34 for ImageNet (spec §3.5)."""
+"""MS-ResNet-34 for ImageNet (docs/reference.md §3.5)."""

@@ -1,4 +1,4 @@
-"""The CIFAR10-DVS "7B-wideNet" (spec §3.7): a SEW-ResNet with GLIF neurons and plain BN."""
+"""The CIFAR10-DVS "7B-wideNet" (docs/reference.md §3.7): a SEW-ResNet of GLIF neurons, plain BN."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ block (preceded by a conv1×1-BN-GLIF when the channels change) and whether a 2�
 follows it."""
 
 DVS_NEURON = dict(tau=0.5, v_th=0.99999, leak=0.99999 / 32, v_reset=0.99999, conduct=0.9)
-"""The GLIF constants of the CIFAR10-DVS code (spec §1.9): ℓ = V_th/(2·16) ≈ 0.03125."""
+"""The GLIF constants of the CIFAR10-DVS code (docs/reference.md §1.9): ℓ = V_th/(2·16)."""
 
 
 class SEWResNet(nnx.Module):
@@ -37,8 +37,8 @@ class SEWResNet(nnx.Module):
 
     Every conv is followed by plain BatchNorm (statistics over T·B·H·W, no tdBN factor) and a GLIF
     layer; blocks add their input (SEW ADD); the spikes of every step are flattened, averaged over
-    T, and one linear layer with bias gives the logits (spec §2.4). Convs and the linear use
-    PyTorch's default initialisation, as the reference; the GLIF constants default to
+    T, and one linear layer with bias gives the logits (docs/reference.md §2.4). Convs and the
+    linear use PyTorch's default initialisation, as the reference; the GLIF constants default to
     :data:`DVS_NEURON` with random gates (float32, unlike the reference's float64 ones).
 
     Args:
@@ -49,7 +49,7 @@ class SEWResNet(nnx.Module):
       input_size: the (square) frame size (48 for the paper's 48×48 frames); it sets the linear
         layer's input, C·(size/2^pools)².
       in_channels: polarities per frame.
-      remat, dtype, **glif_options: as :class:`~glif_jax.models.SpikingResNet` (``remat``
+      remat, dtype, glif_options: as :class:`~glif_jax.models.SpikingResNet` (``remat``
         recomputes each layer of ``conv``); GLIF options override :data:`DVS_NEURON`.
 
     Attributes:

@@ -31,7 +31,7 @@ class SpikingCNN(nnx.Module):
       input_size: the (square) image size; ``input_size / pooled_size`` must be a power of two.
       pooled_size: the width of the last feature maps.
       in_channels: C_in of the images.
-      plain_bn, remat, dtype, **glif_options: as :class:`~glif_jax.models.SpikingResNet`
+      plain_bn, remat, dtype, glif_options: as :class:`~glif_jax.models.SpikingResNet`
         (``remat`` recomputes each layer).
 
     Example::

@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from experiments import recipe, train
+from experiments import recipe
 from experiments.configs import base
 from glif_jax import nn
 
@@ -142,11 +142,3 @@ def test_tet_loss_and_label_smoothing():
     np.testing.assert_allclose(smooth, expected, rtol=1e-6)
     with pytest.raises(ValueError, match="unknown loss 'mse'"):
         make_recipe(loss="mse")
-
-
-def test_batch_not_divisible_by_devices_is_an_error():
-    devices = jax.device_count()
-    assert devices == 4  # the test conftest fakes four CPU devices
-    with pytest.raises(ValueError, match=r"batch_size=6 .* does not divide by the 4 devices"):
-        train.make_mesh(6)
-    assert train.make_mesh(8).devices.size == 4

@@ -1,9 +1,10 @@
-"""Independent transcriptions of the reference neuron (spec §1.3-§1.8), for the tests.
+"""Independent transcriptions of the reference neuron (docs/reference.md §1.3-§1.8), for the tests.
 
-``numpy_glif`` is a hand-unrolled NumPy loop of the spec's equations, in the reference's term
-order; ``torch_glif`` is the same loop in PyTorch, whose autograd gives the reference gradients.
-Neither shares code with glif_jax. Parameters are dicts of raw (pre-sigmoid) arrays keyed by the
-reference's names (``alpha, beta, gamma, tau, Vth, leak, reVth, conduct``).
+``numpy_glif`` is a hand-unrolled NumPy loop of the equations of docs/reference.md, in the
+reference's term order; ``torch_glif`` is the same loop in PyTorch, whose autograd gives the
+reference gradients. Neither shares code with glif_jax. Parameters are dicts of raw
+(pre-sigmoid) arrays keyed by the reference's names (``alpha, beta, gamma, tau, Vth, leak, reVth,
+conduct``).
 """
 
 from __future__ import annotations

@@ -15,4 +15,5 @@ def get_config():
     config.num_epochs = 2
     config.log_every_steps = 5
     config.checkpoint_every_steps = 7
+    config.analyze_after_training = False
     return config

@@ -429,3 +429,14 @@ def test_unknown_split_and_suffix_are_errors(tmp_path):
         dvs.build_frames(tmp_path, "val")
     with pytest.raises(ValueError, match=r"\.aedat or \.npz event file, got '\.aedat4'"):
         dvs.read_events(tmp_path / "x.aedat4")
+
+
+def test_a_truncated_cache_stops_the_run_naming_the_file(tmp_path):
+    make_tree(tmp_path, {})
+    for split in dvs.SPLITS:
+        dvs.FrameSource(tmp_path, split)  # builds the default cache
+    frames = dvs.default_cache_dir(tmp_path) / "train_frames.npy"
+    frames.write_bytes(frames.read_bytes()[:4096])
+    with pytest.raises(data.DatasetNotPreparedError) as error:
+        data.check_prepared("cifar10_dvs", str(tmp_path))
+    assert str(frames) in str(error.value) and "delete" in str(error.value)

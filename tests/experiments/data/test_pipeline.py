@@ -212,7 +212,7 @@ def test_bad_arguments_raise_eagerly_with_what_was_given():
 
 
 def digits_split():
-    """The spec's split, computed here: (digits, train indices, eval indices)."""
+    """The reference's split, computed here: (digits, train indices, eval indices)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

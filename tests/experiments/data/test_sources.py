@@ -3,6 +3,7 @@ ArrayRecord format (PNG/JPEG decoding without TensorFlow), and what a missing da
 
 import io
 import math
+import shutil
 import sys
 
 import numpy as np
@@ -49,13 +50,24 @@ def encode(image, image_format):
     return buffer.getvalue()
 
 
-def write_tfds_dataset(name, data_dir, splits):
-    """Writes `splits` ({split: [example]}) with tfds's own ArrayRecord writer, as `tfds build`."""
+def write_tfds_dataset(name, data_dir, splits, image_shape=None):
+    """Writes `splits` ({split: [example]}) with tfds's own ArrayRecord writer, as `tfds build`;
+    with `image_shape`, as a build whose image feature had another shape."""
     dataset_name = name
 
     class Tiny(tfds.builder_cls(name), skip_registration=True):
         name = dataset_name
         code_path = None  # no checksums file to look for next to this test module
+
+        def _info(self):
+            info = super()._info()
+            if image_shape is not None:
+                features = dict(info.features)
+                features["image"] = tfds.features.Image(shape=image_shape)
+                info = tfds.core.DatasetInfo(
+                    builder=self, features=tfds.features.FeaturesDict(features)
+                )
+            return info
 
         def _split_generators(self, dl_manager):
             return {split: self._generate_examples(split) for split in splits}
@@ -131,3 +143,74 @@ def test_prepared_cifar_eval_images_are_the_written_pixels_normalized(prepared):
     evaluated = collect(data.eval_batches("cifar10", data_dir=data_dir, global_batch_size=8))
     np.testing.assert_allclose(evaluated["image"][:5], expected, atol=1e-5)
     np.testing.assert_array_equal(evaluated["label"][:5], [int(i) for i in ids])
+
+
+# --------------------------------------------------------------------------------------------
+# Damaged datasets stop the run before anything is compiled, naming the file.
+
+
+def _cifar_copy(prepared, tmp_path):
+    data_dir, _ = prepared
+    copy = tmp_path / "tfds"
+    shutil.copytree(data_dir, copy)
+    return copy
+
+
+def test_a_truncated_file_is_named_before_anything_is_compiled(prepared, tmp_path, monkeypatch):
+    from experiments import train
+    from experiments.configs import cifar
+
+    data_dir = _cifar_copy(prepared, tmp_path)
+    shard = next((data_dir / "cifar10").glob("*/cifar10-train.array_record-*"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    config = cifar.get_config("model=resnet19,dataset=cifar10,t=2")
+    config.data_dir = str(data_dir)
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("a model was built before the dataset check")
+
+    monkeypatch.setattr(train, "Trainer", no_compiling)
+    with pytest.raises(data.DatasetNotPreparedError, match="damaged") as error:
+        train.train_and_evaluate(config, tmp_path / "run")
+    assert str(shard) in str(error.value) and "tfds build cifar10" in str(error.value)
+
+
+def test_a_missing_or_shorter_file_is_named(prepared, tmp_path):
+    data_dir = _cifar_copy(prepared, tmp_path)
+    test_shard = next((data_dir / "cifar10").glob("*/cifar10-test.array_record-*"))
+    test_shard.unlink()
+    with pytest.raises(data.DatasetNotPreparedError, match=r"cifar10-test\.array_record.*cannot"):
+        data.check_prepared("cifar10", str(data_dir))
+    # A whole file of another build, with fewer examples than this build wrote.
+    other = tmp_path / "other"
+    rng = np.random.default_rng(2)
+    examples = [
+        {
+            "id": str(i),
+            "image": encode(rng.integers(0, 256, (32, 32, 3), np.uint8), "png"),
+            "label": i,
+        }
+        for i in range(2)
+    ]
+    write_tfds_dataset("cifar10", other, {"train": examples, "test": examples})
+    shutil.copy(next((other / "cifar10").glob("*/cifar10-test.array_record-*")), test_shard)
+    with pytest.raises(data.DatasetNotPreparedError, match="test split holds 2 examples, 5 were"):
+        data.check_prepared("cifar10", str(data_dir))
+
+
+def test_images_of_the_wrong_shape_are_named(tmp_path):
+    rng = np.random.default_rng(1)
+    examples = [
+        {
+            "id": str(i),
+            "image": encode(rng.integers(0, 256, (28, 28, 3), np.uint8), "png"),
+            "label": i,
+        }
+        for i in range(3)
+    ]
+    write_tfds_dataset("cifar10", tmp_path, {"train": examples, "test": examples}, (None, None, 3))
+    with pytest.raises(data.DatasetNotPreparedError) as error:
+        data.check_prepared("cifar10", str(tmp_path))
+    message = str(error.value)
+    assert "cifar10-train.array_record" in message
+    assert "shape (28, 28, 3) and dtype uint8, expected (32, 32, 3) uint8" in message

@@ -63,7 +63,7 @@ def _size(module) -> int:
 
 
 def parameter_split(model) -> dict[str, int]:
-    """Parameter counts by kind of layer, as the spec's table (BN: weight and bias)."""
+    """Parameter counts by kind of layer, as docs/reference.md §3.8 (BN: weight and bias)."""
     kinds = {nnx.Conv: "conv", nnx.Linear: "linear", gnn.TDBatchNorm: "bn", gnn.GLIF: "glif"}
     split = dict.fromkeys(kinds.values(), 0)
     for _, module in nnx.iter_modules(model):
@@ -75,7 +75,7 @@ def parameter_split(model) -> dict[str, int]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Sizes: spec §3.8, every setting of the table
+# Sizes: docs/reference.md §3.8, every setting of the table
 
 
 def _row(total, conv, linear, bn, glif):
@@ -180,7 +180,8 @@ def test_full_size_networks_map_inputs_to_logits(name, num_classes, time_steps, 
 
 
 def test_imagenet_stem_gives_110_by_110_maps_and_the_stages_halve_them():
-    # 7×7 / stride 2 / padding 1 without max-pool (spec §3.5, §5.9): 224 → 110 → 55 → 28 → 14 → 7.
+    # 7×7 / stride 2 / padding 1 without max-pool (docs/reference.md §3.5, §5.9):
+    # 224 → 110 → 55 → 28 → 14 → 7.
     model = _abstract("ms_resnet18", 1000, 4)
     x = jax.ShapeDtypeStruct((4, 1, 224, 224, 3), jnp.float32)
     stem = nnx.eval_shape(lambda m, x: m.conv1(x), model, x)
@@ -193,7 +194,7 @@ def test_imagenet_stem_gives_110_by_110_maps_and_the_stages_halve_them():
 
 
 def test_resnet18_uses_the_reference_strides():
-    # Strides [1, 1, 2, 2] (spec §5.8): 32 → 32 → 32 → 16 → 8.
+    # Strides [1, 1, 2, 2] (docs/reference.md §5.8): 32 → 32 → 32 → 16 → 8.
     model = _abstract("resnet18", 10, 2)
     y = jax.ShapeDtypeStruct((2, 1, 32, 32, 64), jnp.float32)
     sizes = []
@@ -273,7 +274,7 @@ def test_dvs_network_has_the_cifar10dvs_layers_neuron_and_plain_bn():
 
 
 # ------------------------------------------------------------------------------------------------
-# Initialisation (spec §3 conventions)
+# Initialisation (docs/reference.md §3 conventions)
 
 
 def _sigmoid(x):

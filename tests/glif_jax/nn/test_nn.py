@@ -1,4 +1,5 @@
-"""NNX layers: the GLIF module, tdBN against a NumPy transcription of spec §2.1, time helpers."""
+"""NNX layers: the GLIF module, tdBN against a NumPy transcription of docs/reference.md §2.1,
+time helpers."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,8 @@ from glif_jax import neuron, nn, surrogates
 
 
 class NumpyTDBatchNorm:
-    """Spec §2.1 in float64 NumPy: biased variance to normalise, unbiased running update."""
+    """docs/reference.md §2.1 in float64 NumPy: biased variance to normalise, unbiased running
+    update."""
 
     def __init__(self, channels, alpha=1.0, v_th=0.5, plain=False, momentum=0.1, eps=1e-5):
         self.weight = np.ones(channels)
