@@ -216,14 +216,17 @@ def _time_steps(model: nnx.Module, time_steps: int | None) -> int:
 class _Recorder:
     """The instrumented forward pass of one model, jitted, and its table of layers."""
 
-    def __init__(self, model: nnx.Module, time_steps: int):
+    def __init__(self, model: nnx.Module, time_steps: int, *, evaluation: bool = False):
         self.graph, self.state = nnx.split(model)
         self.time_steps = time_steps
+        self.evaluation = evaluation
         self.table: list[_Layer] = []
         self._forward = jax.jit(self._run)
 
     def _run(self, state, inputs):
         model = nnx.merge(self.graph, state)
+        if self.evaluation:
+            model.eval()  # a copy: the shapes are the same, and no statistics to update
         paths = {id(m): ".".join(map(str, p)) for p, m in nnx.iter_modules(model)}
         table: list[_Layer] = []
         batch = jax.tree.leaves(inputs)[0].shape[0]
@@ -279,7 +282,7 @@ def layer_table(
       one frame), ``macs_per_frame`` and ``macs`` (per image and time step).
     """
     steps = _time_steps(model, time_steps)
-    recorder = _Recorder(model, steps)
+    recorder = _Recorder(model, steps, evaluation=True)
     recorder.trace(jax.ShapeDtypeStruct(tuple(input_shape), dtype))
     return [
         {

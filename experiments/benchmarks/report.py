@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,17 @@ _FORMATS = {
     "vs_pytorch_channel_last": "{:.2f}×",
     "bytes_per_neuron_step": "{:g}",
     "compile_s": "{:.1f}",
-    "step_ms": "{:.0f}",
-    "median_step_ms": "{:.0f}",
+    "step_ms": "{:.1f}",
+    "median_step_ms": "{:.1f}",
     "images/s": "{:.2f}",
+    "conv_TFLOP/s": "{:.3g}",
+    "of_peak": "{:.3f}",
     "temp_MiB": "{:.0f}",
     "peak_MiB": "{:.0f}",
     "peak_vs_no_remat": "{:.2f}",
+    "vs_eager": "{:.2f}×",
+    "vs_compiled": "{:.2f}×",
+    "search_s": "{:.0f}",
 }
 
 
@@ -31,7 +37,8 @@ def _cell(column: str, value: Any) -> str:
         return "–"
     if isinstance(value, list):
         return "–".join(_cell(column, v) for v in value)
-    return _FORMATS.get(column, "{}").format(value)
+    # An error message must stay in its cell.
+    return _FORMATS.get(column, "{}").format(value).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -63,6 +70,12 @@ def write(results: Mapping[str, Any], notes: Mapping[str, str], out: Path) -> tu
     """Writes ``results.md`` and ``results.json`` under ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / "results.md", out / "results.json"
-    md.write_text(markdown(results, notes))
-    js.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    # Whole files or none: a run stopped while writing keeps the previous tables.
+    for path, text in (
+        (md, markdown(results, notes)),
+        (js, json.dumps(results, indent=1, default=str) + "\n"),
+    ):
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(text)
+        os.replace(partial, path)
     return md, js

@@ -86,9 +86,12 @@ class TDBatchNorm(nnx.Module):
             m = self.momentum
             stats_mean = jax.lax.stop_gradient(mean)
             stats_var = jax.lax.stop_gradient(var)
-            self.mean[...] = m * stats_mean + (1 - m) * self.mean[...]
-            self.var[...] = m * stats_var * n / max(n - 1, 1) + (1 - m) * self.var[...]
-            self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+            # Whole replacements (set_value, not [...] =): an indexed write compares the new
+            # value's sharding, which a tracer computes only by building an error message, at a
+            # cost that dominated tracing the networks in training mode.
+            self.mean.set_value(m * stats_mean + (1 - m) * self.mean[...])
+            self.var.set_value(m * stats_var * n / max(n - 1, 1) + (1 - m) * self.var[...])
+            self.num_batches_tracked.set_value(self.num_batches_tracked[...] + 1)
         centred = xf - mean
         if not self.plain:
             # The reference multiplies before dividing: alpha·V_th·(x − μ) / sqrt(σ² + eps).

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from experiments.benchmarks import __main__ as benchmarks
-from experiments.benchmarks import glif_speed
+from experiments.benchmarks import glif_speed, training
 
 
 def test_quick_suite_writes_glif_shape_and_residual_tables(tmp_path):
@@ -36,12 +36,76 @@ def test_quick_suite_writes_glif_shape_and_residual_tables(tmp_path):
     assert kept["scan (plain autodiff)", "float32"] > 4
 
 
-@pytest.mark.slow
-def test_quick_suite_measures_training_with_and_without_recomputation(tmp_path):
+def test_quick_training_and_max_batch_parts_write_one_set_of_tables(tmp_path):
+    # spiking_cnn has no PyTorch transcription: glif_jax's rows only.
     results = benchmarks.main(["--quick", "--parts", "training", "--out", str(tmp_path)])
     rows = results["parts"]["training"]
-    assert [r["remat"] for r in rows] == [False, True]
-    assert all(r["loss_finite"] and r["images/s"] > 0 and r["peak_MiB"] > 0 for r in rows)
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["parts"]["training"] == json.loads(json.dumps(rows))
+    assert [(r["framework"], r["dtype"]) for r in rows] == [
+        ("glif_jax", "bfloat16"),
+        ("glif_jax", "float32"),
+    ]
+    for row in rows:
+        assert row["error"] is None and row["loss_finite"]
+        assert row["images/s"] > 0 and row["step_ms"] > 0 and row["compile_s"] > 0
+        assert row["conv_TFLOP/s"] > 0 and row["of_peak"] is None  # no peak for a CPU
+        assert row["peak_MiB"] > 0 and row["peak_source"] == "xla"
+        assert row["vs_eager"] is None and row["jax_matmul_precision"] is not None
+    assert "| glif_jax | 2 | 2 | float32 |" in (tmp_path / "results.md").read_text()
+
+    # The max_batch part, added to the same tables: at toy sizes on a CPU, the bound fits.
+    argv = ["--quick", "--parts", "max_batch", "--append", "--out", str(tmp_path)]
+    results = benchmarks.main(argv)
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert list(written["parts"]) == ["training", "max_batch"]
+    assert written["parts"]["training"] == json.loads(json.dumps(rows))
+    assert written["command"].count("python -m experiments.benchmarks") == 2
+    searches = results["parts"]["max_batch"]
+    assert [(r["framework"], r["T"], r["remat"]) for r in searches] == [
+        ("glif_jax", 2, False),
+        ("glif_jax", 2, True),
+    ]
+    assert all(r["max_batch"] == 2 and r["note"] == "the bound 2 fits" for r in searches)
+    assert "## max_batch" in (tmp_path / "results.md").read_text()
+
+
+def test_conv_flops_are_three_times_two_forward_macs_per_image_and_step():
+    from flax import nnx
+
+    from glif_jax import models
+
+    net = nnx.eval_shape(
+        lambda: models.create("spiking_cnn", num_classes=10, time_steps=3, rngs=nnx.Rngs(0))
+    )
+    # conv3×3 1→32 at 8×8, 32→64 at 4×4, 64→128 at 2×2.
+    macs = 9 * (1 * 32 * 64 + 32 * 64 * 16 + 64 * 128 * 4)
+    assert training.conv_flops(net, (8, 8, 1), 3, 5) == 3 * 2 * macs * 3 * 5
+
+
+def test_the_glif_jax_rows_get_the_ratios_to_pytorch_and_to_no_remat():
+    def row(framework, images, peak, remat=False):
+        setting = training.Setting("resnet19", 4, 64, "float32", (32, 32, 3), remat)
+        out = training._row(setting, framework)
+        out.update({"images/s": images, "peak_MiB": peak})
+        return out
+
+    rows = [
+        row("glif_jax", 300.0, 100.0),
+        row("glif_jax", 200.0, 40.0, remat=True),
+        row("pytorch eager", 100.0, 500.0),
+        row("pytorch compiled", 150.0, 400.0),
+    ]
+    training._annotate(rows)
+    assert rows[0]["vs_eager"] == 3.0 and rows[0]["vs_compiled"] == 2.0
+    assert rows[1]["peak_vs_no_remat"] == 0.4 and rows[1]["vs_eager"] is None
+    assert rows[2]["vs_eager"] is None
+
+
+def test_settings_past_the_time_budget_are_reported_as_skipped():
+    rows = training.measure("spiking_cnn", [2], [2, 4], ["float32"], (8, 8, 1), 1, budget_s=0)
+    assert [(r["framework"], r["batch"]) for r in rows] == [("glif_jax", 2), ("glif_jax", 4)]
+    assert all(r["error"].startswith("skipped") and r["step_ms"] is None for r in rows)
 
 
 @pytest.mark.parametrize("layout", ["reference", "channel_last"])
@@ -104,3 +168,207 @@ def test_a_pallas_tiling_path_computes_the_gradients_of_the_default_path():
         glif_speed.layer("xla/sub_rows=4")
     with pytest.raises(ValueError, match=r"unknown pallas settings \['rows'\]"):
         glif_speed.layer("pallas/rows=4")
+
+
+# ------------------------------------------------------------------------------------------------
+# The PyTorch transcription against glif_jax
+
+# One block per stage: a tdBN shortcut, then two 1×1-conv shortcuts with stride 2.
+TINY_RESNET19 = {
+    "stem_channels": 8,
+    "stage_channels": (8, 16, 32),
+    "stage_repeats": (1, 1, 1),
+    "head_width": 16,
+}
+
+
+def test_pytorch_resnet19_takes_the_training_step_of_glif_jax_from_the_same_weights():
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from experiments.benchmarks import torch_networks
+
+    options = tuple(TINY_RESNET19.items())
+    setting = training.Setting("resnet19", 2, 4, "float32", (8, 8, 3), model_options=options)
+    runner = training.JaxStep(setting)
+    initial = runner.reference_state_dict()
+    images, labels = training.batch_arrays(setting, seed=3)
+
+    net = torch_networks.resnet19_from_state_dict(initial)
+    optimizer = torch_networks.reference_optimizer(net, **training.torch_recipe(setting))
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.1, 0.1, 0.01])
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [4e-5, 0.0, 0.0]
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    expected_loss = torch_networks.train_step(net, optimizer, x, torch.from_numpy(labels).long())
+
+    runner.state, metrics = runner.step(runner.state, runner.batch(images, labels))
+    np.testing.assert_allclose(float(metrics["loss"]), expected_loss.item(), rtol=1e-5)
+    updated = runner.reference_state_dict()
+    got = net.state_dict()
+    assert got.keys() == updated.keys()
+    for key, before in initial.items():
+        if key.endswith("num_batches_tracked"):
+            assert got[key].item() == updated[key] == before + 1, key
+            continue
+        # One step from the same weights: the updates (lr × the gradients, plus weight decay)
+        # agree to float32 rounding of the gradients and of the updated weights.
+        want = updated[key].astype(np.float64) - before
+        change = got[key].numpy().astype(np.float64) - before
+        atol = 1e-4 * np.abs(want).max() + 2.0**-22 * np.abs(before).max()
+        np.testing.assert_allclose(change, want, rtol=1e-3, atol=atol, err_msg=key)
+    moved = [k for k in initial if k.endswith(".alpha") and np.abs(updated[k] - initial[k]).max()]
+    assert moved  # the gates learned: the comparison went through the spikes' surrogate
+
+
+def test_pytorch_resnet19_recomputation_changes_neither_the_step_nor_the_statistics():
+    torch = pytest.importorskip("torch")
+    from experiments.benchmarks import torch_networks
+
+    torch.manual_seed(0)
+    blocks = torch_networks.resnet19_blocks(8, (8, 16), (2, 1), (1, 2))
+    plain = torch_networks.ResNet19(time_steps=2, blocks=blocks, stem_channels=8)
+    recomputed = torch_networks.ResNet19(time_steps=2, blocks=blocks, stem_channels=8, remat=True)
+    recomputed.load_state_dict(plain.state_dict())
+    x, y = torch.randn(3, 3, 8, 8), torch.tensor([1, 4, 7])
+    losses = []
+    for net in (plain, recomputed):
+        losses.append(torch_networks.train_step(net, torch_networks.reference_optimizer(net), x, y))
+    torch.testing.assert_close(losses[0], losses[1])
+    for (key, a), b in zip(
+        plain.state_dict().items(), recomputed.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=key)
+    assert plain.state_dict()["conv1.0.1.num_batches_tracked"].item() == 1
+
+
+def test_pytorch_rows_time_the_step_and_report_a_failed_compilation(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from experiments.benchmarks import torch_networks
+
+    setting = training.Setting("resnet19", 2, 2, "float32", (8, 8, 3))
+    blocks = torch_networks.resnet19_blocks(8, (8, 16), (1, 1), (1, 2))
+    net = torch_networks.ResNet19(time_steps=2, blocks=blocks, stem_channels=8)
+    state = {k: v.numpy() for k, v in net.state_dict().items()}
+    images, labels = training.batch_arrays(setting)
+
+    row = training.measure_torch(setting, state, images, labels, 2, flops=1e6, peak=None)
+    assert row["error"] is None and row["framework"] == "pytorch eager"
+    assert row["loss_finite"] and row["images/s"] > 0 and row["conv_TFLOP/s"] > 0
+    assert row["autocast"] == "off" and isinstance(row["torch_cudnn_tf32"], bool)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    row = training.measure_torch(setting, state, images, labels, 1, variant="compiled")
+    assert row["framework"] == "pytorch compiled" and row["step_ms"] is None
+    assert row["error"] == "RuntimeError: no compiler here"
+
+
+# ------------------------------------------------------------------------------------------------
+# The largest batch
+
+
+@pytest.mark.parametrize("threshold", [1, 63, 64, 65, 100, 1000, 5000])
+def test_the_search_finds_the_largest_batch_below_a_threshold(threshold):
+    probed = []
+
+    def fits(batch):
+        probed.append(batch)
+        return batch <= threshold
+
+    found = training.search_max_batch(fits, start=64, upper=4096)
+    assert found["max_batch"] == min(threshold, 4096)
+    assert found["exact"] and found["reached_upper"] == (threshold >= 4096)
+    assert found["first_failure"] == (None if threshold >= 4096 else threshold + 1)
+    assert [b for b, _ in found["probes"]] == probed
+    assert len(probed) <= 7 + 13  # doublings to the bound, then a bisection of 64..4096
+
+
+def test_the_search_stops_within_its_tolerance_and_at_its_deadline():
+    found = training.search_max_batch(lambda b: b <= 1000, start=64, upper=4096, tolerance=0.1)
+    assert found["exact"] and 1000 - 100 <= found["max_batch"] <= 1000
+    assert found["first_failure"] - found["max_batch"] <= 0.1 * found["max_batch"]
+
+    calls = []
+
+    def slow(batch):
+        calls.append(batch)
+        return batch <= 100
+
+    # Out of time from the start: the first probe still runs, and nothing after it.
+    found = training.search_max_batch(slow, start=8, upper=4096, deadline=0.0)
+    assert calls == [8] and found["max_batch"] == 8 and not found["exact"]
+    calls.clear()
+    found = training.search_max_batch(slow, start=128, upper=4096, deadline=0.0)
+    assert calls == [128] and found["max_batch"] == 0 and found["first_failure"] == 128
+    with pytest.raises(ValueError, match="start <= upper"):
+        training.search_max_batch(slow, start=10, upper=5)
+
+
+def test_out_of_memory_errors_are_recognised():
+    import jax
+
+    assert training.is_out_of_memory(
+        jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 123 bytes.")
+    )
+    assert training.is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate"))
+    assert not training.is_out_of_memory(ValueError("shapes do not match"))
+
+
+def test_max_batch_reports_the_bound_for_each_framework_t_and_remat():
+    pytest.importorskip("torch")
+    import numpy as np
+
+    rows = training.max_batch(
+        "resnet19",
+        [2],
+        (8, 8, 3),
+        frameworks=("pytorch eager",),
+        start=1,
+        upper=2,
+        model_options=TINY_RESNET19,
+        isolate=False,
+    )
+    assert [(r["framework"], r["T"], r["remat"]) for r in rows] == [
+        ("pytorch eager", 2, False),
+        ("pytorch eager", 2, True),
+    ]
+    for row in rows:
+        assert row["max_batch"] == 2 and row["exact"] and row["probes"] == "1✓ 2✓"
+        assert row["note"] == "the bound 2 fits" and np.isfinite(row["search_s"])
+
+
+def test_glif_jax_probes_report_out_of_memory_as_a_misfit(monkeypatch):
+    import jax
+
+    setting = training.Setting("spiking_cnn", 2, 1, "float32", (8, 8, 1))
+
+    class Step:
+        """A jitted step whose compilation runs out of memory above 3 images."""
+
+        def lower(self, state, data):
+            if data["image"].shape[0] > 3:
+                raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory")
+            return self
+
+        def compile(self):
+            return self
+
+        def memory_analysis(self):
+            return None
+
+        def __call__(self, state, data):
+            return state, {"loss": jax.numpy.zeros(())}
+
+    class Runner(training.JaxStep):
+        def __init__(self, setting):
+            self.state, self.step = {"w": jax.numpy.zeros(2)}, Step()
+
+    monkeypatch.setattr(training, "JaxStep", Runner)
+    row = training.max_batch_one(
+        "glif_jax", setting, start=1, upper=64, tolerance=0.0, deadline=None
+    )
+    assert row["max_batch"] == 3 and row["first_failure"] == 4 and row["exact"]
+    assert row["probes"] == "1✓ 2✓ 4✗ 3✓" and row["note"] is None
+    assert row["linear_estimate"] is None  # no device memory limit on a CPU
