@@ -40,19 +40,24 @@ def analyze(
       RuntimeError: more than one process (the analysis runs on one host).
     """
     workdir = Path(workdir)
+    _check_single_process()
     trainer, state, source = train.load_for_evaluation(
         config, workdir, checkpoint=checkpoint, reference_checkpoint=reference_checkpoint
     )
     return analyze_model(trainer.model(state), config, workdir, source=source)
 
 
-def analyze_model(model, config, workdir: Path, *, source: str) -> dict[str, Any]:
-    """Analyse ``model`` (in evaluation mode) over the test split of ``config``'s dataset and
-    write the report, its table and plots into ``workdir``."""
+def _check_single_process() -> None:
     if jax.process_count() > 1:
         raise RuntimeError(
             "the spike analysis runs on one process; run --mode=analyze on a single host."
         )
+
+
+def analyze_model(model, config, workdir: Path, *, source: str) -> dict[str, Any]:
+    """Analyse ``model`` (in evaluation mode) over the test split of ``config``'s dataset and
+    write the report, its table and plots into ``workdir``."""
+    _check_single_process()
     info = data.dataset_info(config.dataset)
     batches = data.eval_batches(
         config.dataset, data_dir=config.data_dir, global_batch_size=config.batch_size
@@ -160,10 +165,10 @@ def plot_energy(report: dict[str, Any], out: Path) -> None:
     fig = reporting.figure(figsize=(max(6.0, 0.35 * len(layers) + 3), 4))
     ax = fig.subplots()
     x = range(len(layers))
-    largest = max(e_mac * entry["macs"] for entry in layers) or 1.0
+    largest = max(e_mac * entry["ann_macs"] for entry in layers) or 1.0
     units = ((1e3, "mJ"), (1e6, "µJ"), (1e9, "nJ"), (1e12, "pJ"))
     scale, unit = next(((s, u) for s, u in units if largest * s >= 1), units[-1])
-    ann = [e_mac * entry["macs"] * scale for entry in layers]
+    ann = [e_mac * entry["ann_macs"] * scale for entry in layers]
     sop = [e_ac * entry["sops"] * scale for entry in layers]
     mac = [e_mac * entry["dense_macs"] * scale for entry in layers]
     ax.bar([i - 0.2 for i in x], ann, 0.4, color="tab:gray", label="ANN (dense MACs)")

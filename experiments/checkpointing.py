@@ -1,7 +1,8 @@
 """Checkpoints of a run: ``latest/`` and ``best/`` in the workdir, written by orbax.
 
 ``latest/`` is written every ``checkpoint_every_steps`` steps, at the end of every epoch and when
-a run is interrupted, and keeps the newest ``max_to_keep`` (at least 2); ``best/`` keeps the state
+a run is interrupted, and keeps the newest ``max_to_keep`` (2 by default, so that a damaged one
+has an intact one to fall back to); ``best/`` keeps the state
 of the best end-of-epoch test accuracy. Each checkpoint holds the training state and a small JSON
 ``meta``: the config's state-defining keys (:func:`config_fingerprint`), the best and last test
 results and the wall time so far.
@@ -12,8 +13,9 @@ What survives what:
   killed while writing leaves the previous checkpoints intact; the temporary folder is ignored;
 - a checkpoint that cannot be read (its files truncated by a full disk or a copy cut short) is
   reported in one line naming its step and the reason, and :meth:`Checkpoints.restore` falls back
-  to the newest intact one; with none intact it raises :class:`CheckpointCorruptError` and the run
-  stops, rather than start from scratch over a workdir that had checkpoints;
+  to the newest intact one (a run that resumes moves the damaged ones to
+  ``checkpoints/damaged/``); with none intact it raises :class:`CheckpointCorruptError` and the
+  run stops, rather than start from scratch over a workdir that had checkpoints;
 - a checkpoint written by another config, or for another model, is a
   :class:`CheckpointMismatchError`: a different run, not damage, so there is no fallback.
 """
@@ -216,12 +218,18 @@ class Checkpoints:
         if step in manager.all_steps():
             return
         meta = {"config": self.fingerprint, **meta}
-        manager.save(
+        saving = manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
             ),
         )
+        if not saving:
+            newest = manager.latest_step()
+            self.report(
+                f"checkpoint {which}/{step} was not written: {which}/{newest} is newer; move it "
+                "away if it does not belong to this run"
+            )
 
     def save_latest(self, state, meta: dict) -> None:
         """Write ``state`` (a pytree with a ``step``) and ``meta`` to ``latest/``, in the
@@ -257,12 +265,16 @@ class Checkpoints:
     def _step_dir(self, which: str, step: int) -> Path:
         return Path(self.managers[which].directory) / str(step)
 
-    def restore(self, abstract_state, which: str = "latest") -> tuple[Any, dict] | None:
+    def restore(
+        self, abstract_state, which: str = "latest", *, set_aside: bool = False
+    ) -> tuple[Any, dict] | None:
         """The newest intact checkpoint of ``which`` (``latest`` or ``best``) as ``(state,
         meta)``, or ``None`` if there is none at all.
 
         A checkpoint whose files differ from what was written, or that orbax cannot read, is
-        reported in one line and skipped.
+        reported in one line and skipped. With ``set_aside`` (a run that will write again), the
+        damaged checkpoints newer than the one restored are moved to ``checkpoints/damaged/``, so
+        that the run writes its next checkpoints over neither them nor their slots.
 
         Raises:
           CheckpointMismatchError: the newest readable checkpoint was written by a different
@@ -284,6 +296,8 @@ class Checkpoints:
                 continue
             if failures:
                 self.report(f"resuming from the newest intact checkpoint, {which}/{step}")
+                if set_aside:
+                    self._set_aside(which, [failed for failed, _ in failures])
             if jax.process_index() == 0 and not (step_dir / INTEGRITY_FILE).exists():
                 seal(step_dir)  # it was read back whole
             return restored
@@ -295,6 +309,24 @@ class Checkpoints:
                 "start this run again from scratch."
             )
         return None
+
+    def _set_aside(self, which: str, steps: list[int]) -> None:
+        """Move damaged checkpoints out of the manager's folder (kept, not deleted)."""
+        manager = self.managers[which]
+        damaged = Path(manager.directory).parent / "damaged"
+        if jax.process_index() == 0:
+            damaged.mkdir(exist_ok=True)
+            for step in steps:
+                target = damaged / f"{which}-{step}"
+                while target.exists():
+                    target = target.with_name(target.name + "+")
+                self._step_dir(which, step).rename(target)
+                self.report(f"moved the damaged checkpoint {which}/{step} to {target}")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"set aside damaged {which} checkpoints")
+        manager.reload()
 
     def _read(self, manager, step: int, abstract_state) -> tuple[Any, dict]:
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))

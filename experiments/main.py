@@ -25,6 +25,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import distributed
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file (file.py[:variant]).")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
@@ -50,7 +52,7 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host run
 flags.DEFINE_integer("process_id", None, "Index of this process (multi-host runs).")
 flags.DEFINE_integer(
     "heartbeat_timeout_seconds",
-    100,
+    distributed.HEARTBEAT_TIMEOUT_SECONDS,
     "Multi-host runs: seconds a silent process may stay silent before every process is ended.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
@@ -91,9 +93,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # checkpointing logs every save at INFO
-    from experiments.distributed import initialize_distributed
-
-    several = initialize_distributed(
+    several = distributed.initialize_distributed(
         FLAGS.coordinator_address,
         FLAGS.num_processes,
         FLAGS.process_id,

@@ -18,7 +18,6 @@ checkpoint, so ``latest`` always holds finite parameters.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -110,7 +109,10 @@ def create_train_state(
     config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int
 ) -> tuple[Graphs, TrainState, optax.GradientTransformation]:
     """Build the model and optimizer; returns the graphs, the initial state and the optimizer."""
-    model = build_model(config, num_classes, nnx.Rngs(params=jax.random.key(config.seed)))
+    # The first key of the seed's split: the initialisation of runs made by earlier versions,
+    # which kept the second for a state RNG, so that a seed still gives the same network.
+    init_key = jax.random.split(jax.random.key(config.seed))[0]
+    model = build_model(config, num_classes, nnx.Rngs(params=init_key))
     model.train()
     train_graph, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     model.eval()
@@ -332,23 +334,45 @@ class Progress:
     wall_time_s: float = 0.0
 
 
-@contextlib.contextmanager
-def _stop_requests():
-    """SIGTERM as a flag, so that the loop can checkpoint before it exits."""
-    requested = {"stop": False}
+class _Interruptions:
+    """SIGTERM and Ctrl-C as a request to stop, honoured between two steps, so that the state the
+    loop holds is always whole when it is checkpointed; a second Ctrl-C stops at once.
 
-    def handler(signum, frame):
-        requested["stop"] = True
+    With several processes, the request is honoured when every process agrees on it, at a log
+    step (where the processes meet anyway), so that they all checkpoint the same step.
+    """
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield requested
-        return
-    try:
-        yield requested
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: signals stay as they are
+                break
+        return self
+
+    def __exit__(self, *exc):
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def stop_now(self, step: int, every: int) -> bool:
+        """Whether the loop stops after ``step``."""
+        if jax.process_count() == 1:
+            return self.requested
+        if step % every:
+            return False
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.asarray(self.requested))
+        return bool(np.any(flags))
 
 
 class _Run:
@@ -371,7 +395,7 @@ class _Run:
         self.checkpoints = Checkpoints(
             workdir, config.max_to_keep, config_fingerprint(config), report=self.log.print
         )
-        restored = self.checkpoints.restore(self.trainer.abstract_state)
+        restored = self.checkpoints.restore(self.trainer.abstract_state, set_aside=True)
         self.state, meta = restored or (self.trainer.initial_state, {})
         self.progress = Progress(**meta)
         self.step = int(jax.device_get(self.state.step))
@@ -507,6 +531,23 @@ class _Run:
             "--config.compute_dtype=float32 if it ran in bfloat16."
         )
 
+    def interrupted(self) -> None:
+        """Checkpoint the state the loop holds, unless a second Ctrl-C came inside a step (its
+        input was then handed to the step and is gone)."""
+        if any(leaf.is_deleted() for leaf in jax.tree.leaves(self.state)):
+            self.checkpoints.wait()
+            saved = self.checkpoints.steps()
+            self.log.print(
+                f"stopped inside step {self.step + 1}; the last checkpoint is step "
+                f"{saved[-1] if saved else 'none'}: run the same command to resume from it"
+            )
+            return
+        self.save()
+        self.checkpoints.wait()
+        self.log.print(
+            f"interrupted at step {self.step}; checkpoint saved, run the same command to resume"
+        )
+
     def check_epoch_complete(self) -> None:
         if self.step % self.steps_per_epoch:
             raise RuntimeError(
@@ -562,27 +603,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       KeyboardInterrupt: Ctrl-C or SIGTERM, after the state was checkpointed.
     """
     run = _Run(config, Path(workdir))
-    with _stop_requests() as stop:
+    with _Interruptions() as interruptions:
         with run.log.progress(total=run.stop_step, initial=run.step) as bar:
             try:
-                while run.step < run.stop_step and not stop["stop"]:
+                stop = False
+                while run.step < run.stop_step and not stop:
                     for batch in run.batches():
                         run.after_step(*run.trainer.train_step(run.state, batch), bar)
-                        if stop["stop"] or run.step >= run.stop_step:
+                        stop = interruptions.stop_now(run.step, run.config.log_every_steps)
+                        if stop or run.step >= run.stop_step:
                             break
                     else:
                         run.check_epoch_complete()
-                if stop["stop"]:
+                if stop:
                     raise KeyboardInterrupt
             except KeyboardInterrupt:
-                run.save()
-                run.checkpoints.wait()
-                run.log.print(
-                    f"interrupted at step {run.step}; checkpoint saved, run the same command "
-                    "to resume"
-                )
+                run.interrupted()
                 raise
-        # Training is done and checkpointed: a SIGTERM from here on waits for the summary.
+        # Training is done and checkpointed: an interruption from here on waits for the summary.
         return run.finish()
 
 

@@ -95,8 +95,6 @@ _RENAMED_IMPLEMENTATIONS = {"fused": "xla"}
 LEAK_REFERENCE = 0.0625
 """The reference's linear-decay init, V_th/(2·4) computed with T = 4 whatever T is used."""
 
-_UNROLL_MAX_STEPS = 8  # vision networks use T ≤ 8: unrolled, XLA fuses the steps.
-
 
 def _about(symbol: str, meaning: str, *, gate: bool = False) -> dict:
     """A :class:`GLIFParams` field's metadata: its symbol and meaning (for plots), and whether it
@@ -588,6 +586,6 @@ def _glif_scan(x, coeffs, surrogate, detach_reset):
         state,
         (x.astype(coeffs.v_th.dtype), coeffs.input_scale),
         # Unrolled for the short T of vision networks, so that XLA fuses across time steps.
-        unroll=x.shape[0] <= _UNROLL_MAX_STEPS,
+        unroll=x.shape[0] <= kernels.xla.UNROLL_MAX_STEPS,
     )
     return spikes.astype(x.dtype), membrane

@@ -1,5 +1,5 @@
-"""The GLIF layer as the reference runs it: a per-step PyTorch loop of the reference
-specification's equations (§1.3-§1.4), differentiated by autograd. Benchmark-only; needs torch.
+"""The GLIF layer as the reference runs it: a per-step PyTorch loop of the equations of
+docs/reference.md §1.3-§1.4, differentiated by autograd. Benchmark-only; needs torch.
 
 Channel-wise, soft gates, the rectangle surrogate, the reset not detached. Two layouts:
 
@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from glif_jax import interop
 
 
 def _spike_function(torch):
@@ -105,9 +107,6 @@ def forward_backward(torch, raw: dict[str, Any], x, g, layout: str = "channel_la
     return spikes
 
 
-_REFERENCE_NAMES = {"v_th": "Vth", "v_reset": "reVth"}  # the others keep their names
-
-
 def make_inputs(torch, x: np.ndarray, g: np.ndarray, params, layout: str = "channel_last"):
     """Torch leaf tensors (float32) for the raw parameters (a :class:`glif_jax.neuron.GLIFParams`,
     renamed as the reference names them), the input and the cotangent; ``x`` and ``g`` come
@@ -115,7 +114,7 @@ def make_inputs(torch, x: np.ndarray, g: np.ndarray, params, layout: str = "chan
     if layout == "reference":
         x, g = (np.ascontiguousarray(np.moveaxis(a, -1, 2)) for a in (x, g))
     raw = {
-        _REFERENCE_NAMES.get(name, name): torch.tensor(np.asarray(value), requires_grad=True)
+        interop.GLIF_REFERENCE_NAMES[name]: torch.tensor(np.asarray(value), requires_grad=True)
         for name, value in vars(params).items()
     }
     return raw, torch.tensor(x, requires_grad=True), torch.tensor(g)

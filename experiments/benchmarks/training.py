@@ -277,7 +277,7 @@ def batch_arrays(setting: Setting, seed: int = 1) -> tuple[np.ndarray, np.ndarra
     return images, labels
 
 
-def _row(setting: Setting, framework: str) -> dict[str, Any]:
+def new_row(setting: Setting, framework: str) -> dict[str, Any]:
     row = dict.fromkeys(COLUMNS)
     row.update(
         framework=framework,
@@ -380,7 +380,7 @@ def measure_jax(
     Returns:
       One row of :data:`COLUMNS`.
     """
-    row = _row(runner.setting, "glif_jax")
+    row = new_row(runner.setting, "glif_jax")
     row["jax_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
     try:
         data = runner.batch(images, labels)
@@ -510,7 +510,7 @@ def measure_torch(
     """
     import torch
 
-    row = _row(setting, f"pytorch {variant}")
+    row = new_row(setting, f"pytorch {variant}")
     row["torch_matmul_tf32"] = torch.backends.cuda.matmul.allow_tf32
     row["torch_cudnn_tf32"] = torch.backends.cudnn.allow_tf32
     row["autocast"] = "bfloat16" if setting.dtype == "bfloat16" else "off"
@@ -578,7 +578,7 @@ def _time_torch(row, setting, state_dict, images, labels, repeats, variant) -> N
 
 
 def _skipped(setting: Setting, framework: str) -> dict[str, Any]:
-    row = _row(setting, framework)
+    row = new_row(setting, framework)
     row["error"] = "skipped: the time budget was spent"
     return row
 
@@ -587,7 +587,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
 
-def _annotate(rows: list[dict]) -> None:
+def annotate(rows: list[dict]) -> None:
     """Images/s of each glif_jax row over its setting's PyTorch rows; peak memory with
     recomputation over that without."""
     by_key = {}
@@ -659,7 +659,7 @@ def measure(
 
     def add(row):
         rows.append(row)
-        _annotate(rows)
+        annotate(rows)
         if on_rows is not None:
             on_rows(_sorted(rows))
 
@@ -680,7 +680,7 @@ def measure(
                 try:
                     runner = JaxStep(one)  # the batch size is no part of the state
                 except Exception as error:
-                    row = _row(one, "glif_jax")
+                    row = new_row(one, "glif_jax")
                     row["error"] = _error_text(error)
                     add(row)
                     continue
@@ -703,7 +703,7 @@ def measure(
         if over_budget():
             return _skipped(one, f"pytorch {variant}")
         if (steps, dtype) not in weights:
-            row = _row(one, f"pytorch {variant}")
+            row = new_row(one, f"pytorch {variant}")
             row["error"] = "no weights: glif_jax's network could not be built"
             return row
         images, labels = batch_arrays(one)

@@ -18,7 +18,7 @@ def model_options() -> ml_collections.ConfigDict:
             "surrogate": "rectangle",  # rectangle | sigmoid | atan | triangle | superspike
             "gates": "random",  # raw U(-0.1, 0.1), the reference's --randomgate
             "detach_reset": False,
-            "implementation": "auto",  # auto | fused | scan | pallas
+            "implementation": "auto",  # auto | scan | xla | pallas
             "plain_bn": False,  # plain BN instead of tdBN (not an option of the DVS net)
             "remat": False,  # recompute each residual block in the backward pass
         }

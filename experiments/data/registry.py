@@ -90,6 +90,19 @@ def _digits_train_transform(image: np.ndarray, rng: np.random.Generator) -> np.n
     return _digits_eval_transform(pad_and_random_crop(image, rng, padding=1))
 
 
+def _cifar(
+    name: str, num_classes: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> DatasetSpec:
+    """CIFAR-10 and CIFAR-100 differ only in their labels and channel moments."""
+    return DatasetSpec(
+        info=DatasetInfo(name, num_classes, (32, 32, 3), 50_000, 10_000),
+        source=TfdsSource(name, image_shape=(32, 32, 3)),
+        train_transform=functools.partial(cifar_train_transform, mean=mean, std=std),
+        eval_transform=functools.partial(normalize, mean=mean, std=std),
+        num_threads=4,
+    )
+
+
 DATASETS: dict[str, DatasetSpec] = {
     # num_threads is a starting point, not a measurement: CIFAR's per-example work is mostly
     # Python and contends for the GIL, ImageNet's JPEG decoding and resizing release it.
@@ -100,24 +113,8 @@ DATASETS: dict[str, DatasetSpec] = {
         eval_transform=_digits_eval_transform,
         num_threads=0,
     ),
-    "cifar10": DatasetSpec(
-        info=DatasetInfo("cifar10", 10, (32, 32, 3), 50_000, 10_000),
-        source=TfdsSource("cifar10", image_shape=(32, 32, 3)),
-        train_transform=functools.partial(
-            cifar_train_transform, mean=CIFAR10_MEAN, std=CIFAR10_STD
-        ),
-        eval_transform=functools.partial(normalize, mean=CIFAR10_MEAN, std=CIFAR10_STD),
-        num_threads=4,
-    ),
-    "cifar100": DatasetSpec(
-        info=DatasetInfo("cifar100", 100, (32, 32, 3), 50_000, 10_000),
-        source=TfdsSource("cifar100", image_shape=(32, 32, 3)),
-        train_transform=functools.partial(
-            cifar_train_transform, mean=CIFAR100_MEAN, std=CIFAR100_STD
-        ),
-        eval_transform=functools.partial(normalize, mean=CIFAR100_MEAN, std=CIFAR100_STD),
-        num_threads=4,
-    ),
+    "cifar10": _cifar("cifar10", 10, CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": _cifar("cifar100", 100, CIFAR100_MEAN, CIFAR100_STD),
     "cifar10_dvs": DatasetSpec(
         info=DatasetInfo("cifar10_dvs", 10, (16, 48, 48, 2), 9000, 1000),
         source=Cifar10DvsSource(),

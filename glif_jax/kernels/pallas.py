@@ -52,7 +52,9 @@ loop, so ``"auto"`` does not choose them beyond it."""
 
 _LANES = 128  # channels per block: the TPU lane width, and a power of two for Triton
 _COEFFICIENT_ROWS = 8  # decay, leak, hard reset, soft reset, threshold, padded to a TPU tile
-_COEFFICIENT_FIELDS = ("decay", "leak", "hard_reset", "soft_reset", "v_th")
+_COEFFICIENT_FIELDS = tuple(
+    f.name for f in dataclasses.fields(GLIFCoefficients) if f.name != "input_scale"
+)
 _BLOCK_ELEMENTS = 2**16  # T × block_rows × block_channels at most: 256 KiB per fp32 operand
 _MAX_BLOCK_ROWS = 256
 _GPU_LIVE_VALUES = 256  # registers per thread for the time loop's values, see _default_sub_rows

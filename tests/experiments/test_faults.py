@@ -113,6 +113,9 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(
     out, err = capfd.readouterr()
     assert "checkpoint latest/30 is damaged" in out
     assert "resuming from the newest intact checkpoint, latest/28" in out
+    # Set aside, not deleted; the run then wrote its own step 30 and went on.
+    assert (stopped_at_30 / "checkpoints" / "damaged" / "latest-30").is_dir()
+    assert "moved the damaged checkpoint latest/30" in out
     assert "Traceback" not in err and "Event loop is closed" not in err
     assert resumed["steps"] == summary["steps"]
     assert_same_params(restore_params(tiny_digits.get_config(), stopped_at_30)[0], want)

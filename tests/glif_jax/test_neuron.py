@@ -1,7 +1,6 @@
 """The pure GLIF core against independent transcriptions of the reference's equations."""
 
 import functools
-import math
 import zlib
 
 import jax
@@ -210,12 +209,13 @@ def test_hard_mode_passes_straight_through_gradient():
     coeffs = neuron.coefficients(params, "hard")
     np.testing.assert_array_equal(coeffs.hard_reset, 1.0)
     np.testing.assert_allclose(coeffs.decay, 0.25)
-    # Backward: d/d raw of the binary gate is σ'(raw), as if the gate were σ(raw).
-    grad = jax.grad(lambda raw: jnp.sum(neuron._straight_through_gate(jax.nn.sigmoid(raw))))(
-        params.alpha
-    )
-    s = jax.nn.sigmoid(params.alpha)
-    np.testing.assert_allclose(grad, s * (1 - s), rtol=1e-6)
+    # Backward: the binary gate α passes the gradient of σ(raw) through, as if it were σ(raw):
+    # d decay / d raw = −(1 − τ)·σ'(raw) for decay = 1 − α(1 − τ).
+    grad = jax.grad(
+        lambda raw: jnp.sum(neuron.coefficients(params.replace(alpha=raw), "hard").decay)
+    )(params.alpha)
+    s, tau = jax.nn.sigmoid(params.alpha), jax.nn.sigmoid(params.tau)
+    np.testing.assert_allclose(grad, -(1 - tau) * s * (1 - s), rtol=1e-6)
     assert np.abs(_gate_grads("hard").alpha).sum() > 0
 
 
@@ -380,10 +380,6 @@ def test_mismatched_parameter_shapes_are_errors(params):
 def test_bad_simplex_code_is_an_error():
     with pytest.raises(ValueError, match="three characters"):
         neuron.simplex_params("12", 3, 2)
-
-
-def test_logit_is_the_inverse_of_sigmoid():
-    assert math.isclose(1 / (1 + math.exp(-neuron._logit(0.3))), 0.3)
 
 
 def test_forward_mode_through_the_scan_path_matches_reverse_mode():

@@ -4,7 +4,7 @@
 import numpy as np
 
 # Normalize(mean, std) of the reference's data_builder.py (docs/reference.md §4.2).
-SPEC_NORMALIZATION = {
+REFERENCE_NORMALIZATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)),
     "cifar100": (
         tuple(np.array([129.3, 124.1, 112.4]) / 255),
@@ -12,8 +12,8 @@ SPEC_NORMALIZATION = {
     ),
     "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-CIFAR10_MEAN, CIFAR10_STD = SPEC_NORMALIZATION["cifar10"]
-IMAGENET_MEAN, IMAGENET_STD = SPEC_NORMALIZATION["imagenet2012"]
+CIFAR10_MEAN, CIFAR10_STD = REFERENCE_NORMALIZATION["cifar10"]
+IMAGENET_MEAN, IMAGENET_STD = REFERENCE_NORMALIZATION["imagenet2012"]
 
 
 def reference_normalize(pixels, mean, std, pixel_max=255.0):

@@ -24,14 +24,6 @@ JAX_TO_REFERENCE = {
     "conduct": "conduct",
 }
 
-SURROGATE_DERIVATIVES_NUMPY = {
-    "rectangle": lambda z: (np.abs(z) < 0.5).astype(z.dtype),
-    "sigmoid": lambda z: 4.0 / (1 + np.exp(-4.0 * z)) * (1 - 1 / (1 + np.exp(-4.0 * z))),
-    "atan": lambda z: 1.0 / (1 + (math.pi * z) ** 2),
-    "triangle": lambda z: np.maximum(1.0 - np.abs(z), 0.0),
-    "superspike": lambda z: 1.0 / (1 + 10.0 * np.abs(z)) ** 2,
-}
-
 
 def _sigmoid(v):
     return 1 / (1 + np.exp(-v))

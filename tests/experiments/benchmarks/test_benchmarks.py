@@ -86,7 +86,7 @@ def test_conv_flops_are_three_times_two_forward_macs_per_image_and_step():
 def test_the_glif_jax_rows_get_the_ratios_to_pytorch_and_to_no_remat():
     def row(framework, images, peak, remat=False):
         setting = training.Setting("resnet19", 4, 64, "float32", (32, 32, 3), remat)
-        out = training._row(setting, framework)
+        out = training.new_row(setting, framework)
         out.update({"images/s": images, "peak_MiB": peak})
         return out
 
@@ -96,7 +96,7 @@ def test_the_glif_jax_rows_get_the_ratios_to_pytorch_and_to_no_remat():
         row("pytorch eager", 100.0, 500.0),
         row("pytorch compiled", 150.0, 400.0),
     ]
-    training._annotate(rows)
+    training.annotate(rows)
     assert rows[0]["vs_eager"] == 3.0 and rows[0]["vs_compiled"] == 2.0
     assert rows[1]["peak_vs_no_remat"] == 0.4 and rows[1]["vs_eager"] is None
     assert rows[2]["vs_eager"] is None

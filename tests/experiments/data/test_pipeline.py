@@ -13,7 +13,7 @@ from tests.support.image_oracles import (
     CIFAR10_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    SPEC_NORMALIZATION,
+    REFERENCE_NORMALIZATION,
     reference_normalize,
     windows_of_padded,
 )
@@ -103,7 +103,7 @@ def test_each_epoch_is_a_new_permutation_and_the_same_epoch_repeats():
 
 
 def test_train_examples_follow_the_epoch_order_with_independent_augmentations():
-    mean, std = SPEC_NORMALIZATION["cifar100"]
+    mean, std = REFERENCE_NORMALIZATION["cifar100"]
     augmentations = []
     with tfds.testing.mock_data(num_examples=40):
         source = tfds.data_source("cifar100", split="train")

@@ -8,7 +8,7 @@ from experiments.data import transforms
 from tests.support.image_oracles import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    SPEC_NORMALIZATION,
+    REFERENCE_NORMALIZATION,
     ks_statistic,
     reference_normalize,
     reference_resize,
@@ -19,7 +19,7 @@ from tests.support.image_oracles import (
 
 def test_normalize_is_to_tensor_then_normalize(rng):
     pixels = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
-    mean, std = SPEC_NORMALIZATION["cifar100"]
+    mean, std = REFERENCE_NORMALIZATION["cifar100"]
     out = transforms.normalize(pixels, mean, std)
     assert out.dtype == np.float32
     expected = reference_normalize(pixels, mean, std)
@@ -59,7 +59,7 @@ def test_random_horizontal_flip_reverses_the_width_half_of_the_time(rng):
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_train_transform_is_pad_crop_then_flip_then_normalize(name, rng):
-    mean, std = SPEC_NORMALIZATION[name]
+    mean, std = REFERENCE_NORMALIZATION[name]
     image = rng.integers(1, 256, (32, 32, 3), dtype=np.uint8)
     candidates = [
         reference_normalize(w, mean, std)

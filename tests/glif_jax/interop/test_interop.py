@@ -390,7 +390,7 @@ def test_loaded_dvs_network_gives_the_logits_of_the_pytorch_transcription(traini
     else:
         model.eval()
     logits = model(jnp.asarray(frames))
-    # glif_jax computes the float64 gates of the CIFAR10-DVS code in float32 (spec §6).
+    # glif_jax computes the float64 gates of the CIFAR10-DVS code in float32 (docs/reference.md §6).
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in to_torch(state).items()}
     expected, updated = reference.sew_forward(
         tensors,

@@ -14,6 +14,7 @@ import functools
 import zlib
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,12 +124,13 @@ def test_implementation_matches_scan_in_values_and_gradients(name, implementatio
     np.testing.assert_allclose(membrane, want[1], rtol=1e-12 if exact else 1e-6, atol=1e-6)
     for field in neuron.PARAM_NAMES:
         a, b = getattr(want[2], field), getattr(grad_params, field)
-        if a is None:
-            assert b is None, field
-            continue
-        scale = float(np.abs(np.asarray(a, np.float64)).max()) + 1
-        np.testing.assert_allclose(
-            np.asarray(b, np.float64), a, rtol=rtol, atol=rtol * scale, err_msg=field
+        scale = 0.0 if a is None else float(np.abs(np.asarray(a, np.float64)).max())
+        chex.assert_trees_all_close(
+            None if b is None else np.asarray(b, np.float64),
+            None if a is None else np.asarray(a, np.float64),
+            rtol=rtol,
+            atol=rtol * (scale + 1),
+            custom_message=field,
         )
     np.testing.assert_allclose(
         np.asarray(grad_x, np.float64), np.asarray(want[3], np.float64), rtol=rtol, atol=rtol

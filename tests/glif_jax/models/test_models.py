@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -363,15 +364,20 @@ def _loss_and_grads(model, x):
 
 @pytest.mark.parametrize("name", models.names())
 def test_every_network_runs_forward_and_backward_on_a_tiny_input(name):
-    # The scan time loop compiles fastest; the implementations agree (tests/test_neuron.py).
+    # The scan time loop compiles fastest; the implementations agree (tests/glif_jax/kernels).
     model = _create(name, **TINY[name], implementation="scan")
     x = _inputs(name)
     (loss, per_step), grads = _loss_and_grads(model, x)
-    assert per_step.shape == (2, 2, 10) and per_step.dtype == jnp.float32
-    assert np.isfinite(loss) and np.all(np.isfinite(per_step))
-    leaves = jax.tree.leaves(grads)
-    assert len(leaves) == len(jax.tree.leaves(nnx.state(model, nnx.Param)))
-    assert all(np.all(np.isfinite(g)) for g in leaves)
+    chex.assert_shape(per_step, (2, 2, 10))  # (T, B, n) at the model's boundary
+    chex.assert_type(per_step, jnp.float32)
+    chex.assert_tree_all_finite((loss, per_step, grads))
+    params = nnx.state(model, nnx.Param)
+    chex.assert_trees_all_equal_shapes_and_dtypes(
+        jax.tree.map(lambda v: v.get_value(), grads, is_leaf=lambda v: isinstance(v, nnx.Variable)),
+        jax.tree.map(
+            lambda v: v.get_value(), params, is_leaf=lambda v: isinstance(v, nnx.Variable)
+        ),
+    )
     # The surrogate gradient flows back through every layer to the first convolution.
     first_conv = grads
     for key in FIRST_CONV.get(name, ("conv1", "conv_bn", "conv", "kernel")):
