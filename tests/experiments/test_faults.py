@@ -5,6 +5,8 @@ import dataclasses
 import json
 import os
 import random
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -88,15 +90,24 @@ def _truncate_data_files(step_dir: Path) -> None:
         path.write_bytes(path.read_bytes()[:10])
 
 
-@pytest.fixture
-def stopped_at_30(tmp_path):
-    """A tiny run stopped at step 30 (inside the first epoch), with checkpoints 28 and 30."""
+@pytest.fixture(scope="module")
+def _stopped_at_30_once(tmp_path_factory):
     config = tiny_digits.get_config()
     config.num_train_steps = 30
-    train.train_and_evaluate(config, tmp_path)
-    latest = tmp_path / "checkpoints" / "latest"
+    workdir = tmp_path_factory.mktemp("stopped_at_30")
+    train.train_and_evaluate(config, workdir)
+    latest = workdir / "checkpoints" / "latest"
     assert sorted(int(p.name) for p in latest.iterdir()) == [28, 30]
-    return tmp_path
+    return workdir
+
+
+@pytest.fixture
+def stopped_at_30(_stopped_at_30_once, tmp_path):
+    """A tiny run stopped at step 30 (inside the first epoch), with checkpoints 28 and 30: a copy
+    of one run, each test's own to damage."""
+    workdir = tmp_path / "run"
+    shutil.copytree(_stopped_at_30_once, workdir)
+    return workdir
 
 
 @pytest.mark.parametrize("sealed", [True, False], ids=["sealed", "unsealed"])
@@ -146,16 +157,61 @@ def test_with_no_intact_checkpoint_the_run_stops_and_overwrites_nothing(stopped_
 # Kills at any moment
 
 
-def test_kills_at_random_moments_lose_no_state(uninterrupted, tmp_path):
-    # One trial of tests/support/faults.py (`make faults` runs many): SIGKILL while a checkpoint
-    # is being written, SIGTERM at a random moment, then the same command to the end.
+def test_a_kill_while_a_checkpoint_is_written_loses_no_state(uninterrupted, tmp_path):
+    # One trial of tests/support/faults.py (`make faults` runs many, and SIGTERMs too): SIGKILL
+    # while a checkpoint is being written, then the same command to the end.
     _, summary, want, _ = uninterrupted
     seed = int(os.environ.get("GLIF_FAULTS_SEED", "0"))
     duration = summary["wall_time_s"] + 10  # start-up and compilation around the steps
-    kills = faults.trial(tmp_path, ["writing", "sigterm"], duration, random.Random(seed))
+    kills = faults.trial(tmp_path, ["writing"], duration, random.Random(seed))
     assert kills, "the run finished before any kill"
     faults.check_logs(tmp_path, summary["steps"])
     assert_same_params(restore_params(tiny_digits.get_config(), tmp_path)[0], want)
+
+
+def _signalling(monkeypatch, at_step: int, signals: list[int]):
+    """Make the step that ends at ``at_step`` send ``signals`` to this process, as a scheduler's
+    preemption notice (SIGTERM) or a user's Ctrl-C (SIGINT) would arrive while it runs."""
+    step = train.Trainer.train_step
+
+    def signalled(self, state, batch):
+        result = step(self, state, batch)
+        if int(result[0].step) == at_step:
+            for signum in signals:
+                os.kill(os.getpid(), signum)
+        return result
+
+    monkeypatch.setattr(train.Trainer, "train_step", signalled)
+
+
+def test_sigterm_checkpoints_the_step_in_hand_and_the_run_resumes_bit_identical(
+    uninterrupted, tmp_path, monkeypatch
+):
+    # Step 51 is inside the second epoch and no checkpoint step: the resumed run must restore the
+    # optimizer, the schedule and the input pipeline's position from the SIGTERM's checkpoint.
+    _, summary, want, _ = uninterrupted
+    _signalling(monkeypatch, 51, [signal.SIGTERM])
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(tiny_digits.get_config(), tmp_path)
+    monkeypatch.undo()
+    assert restore_params(tiny_digits.get_config(), tmp_path)[1] == 51
+    resumed = train.train_and_evaluate(tiny_digits.get_config(), tmp_path)
+    assert resumed["steps"] == summary["steps"]
+    assert resumed["best_test_top1"] == summary["best_test_top1"]
+    assert resumed["final_test_top1"] == summary["final_test_top1"]
+    assert_same_params(restore_params(tiny_digits.get_config(), tmp_path)[0], want)
+
+
+def test_a_second_ctrl_c_inside_a_step_stops_at_once_from_the_last_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    # Both arrive while step 23 runs: the state it was given is donated and gone, so the run
+    # stops without a checkpoint of its own and names the last one (step 21).
+    _signalling(monkeypatch, 23, [signal.SIGINT, signal.SIGINT])
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(tiny_digits.get_config(), tmp_path)
+    assert "stopped inside step 23; the last checkpoint is step 21" in capsys.readouterr().out
+    assert restore_params(tiny_digits.get_config(), tmp_path)[1] == 21
 
 
 # ------------------------------------------------------------------------------------------------

@@ -50,6 +50,15 @@ def encode(image, image_format):
     return buffer.getvalue()
 
 
+def _png_examples(count, shape, seed):
+    """``count`` examples of random ``shape`` uint8 images, PNG-encoded, labelled 0, 1, ..."""
+    rng = np.random.default_rng(seed)
+    return [
+        {"id": str(i), "image": encode(rng.integers(0, 256, shape, np.uint8), "png"), "label": i}
+        for i in range(count)
+    ]
+
+
 def write_tfds_dataset(name, data_dir, splits, image_shape=None):
     """Writes `splits` ({split: [example]}) with tfds's own ArrayRecord writer, as `tfds build`;
     with `image_shape`, as a build whose image feature had another shape."""
@@ -183,15 +192,7 @@ def test_a_missing_or_shorter_file_is_named(prepared, tmp_path):
         data.check_prepared("cifar10", str(data_dir))
     # A whole file of another build, with fewer examples than this build wrote.
     other = tmp_path / "other"
-    rng = np.random.default_rng(2)
-    examples = [
-        {
-            "id": str(i),
-            "image": encode(rng.integers(0, 256, (32, 32, 3), np.uint8), "png"),
-            "label": i,
-        }
-        for i in range(2)
-    ]
+    examples = _png_examples(2, (32, 32, 3), seed=2)
     write_tfds_dataset("cifar10", other, {"train": examples, "test": examples})
     shutil.copy(next((other / "cifar10").glob("*/cifar10-test.array_record-*")), test_shard)
     with pytest.raises(data.DatasetNotPreparedError, match="test split holds 2 examples, 5 were"):
@@ -199,15 +200,7 @@ def test_a_missing_or_shorter_file_is_named(prepared, tmp_path):
 
 
 def test_images_of_the_wrong_shape_are_named(tmp_path):
-    rng = np.random.default_rng(1)
-    examples = [
-        {
-            "id": str(i),
-            "image": encode(rng.integers(0, 256, (28, 28, 3), np.uint8), "png"),
-            "label": i,
-        }
-        for i in range(3)
-    ]
+    examples = _png_examples(3, (28, 28, 3), seed=1)
     write_tfds_dataset("cifar10", tmp_path, {"train": examples, "test": examples}, (None, None, 3))
     with pytest.raises(data.DatasetNotPreparedError) as error:
         data.check_prepared("cifar10", str(tmp_path))
