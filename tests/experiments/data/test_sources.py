@@ -3,8 +3,11 @@ ArrayRecord format (PNG/JPEG decoding without TensorFlow), and what a missing da
 
 import io
 import math
+import os
 import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +16,8 @@ from PIL import Image
 
 from experiments import data
 from tests.support.image_oracles import CIFAR10_MEAN, CIFAR10_STD, reference_normalize
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def collect(batches):
@@ -42,6 +47,28 @@ def test_missing_imagenet_error_names_the_manual_download(tmp_path, monkeypatch)
 
 def test_digits_needs_no_preparation():
     data.check_prepared("digits", "/nonexistent")
+
+
+def test_the_offline_default_never_imports_tensorflow_datasets():
+    # In a fresh interpreter: this module imports tfds itself.
+    program = (
+        "import sys\n"
+        "from experiments import analyze, data, main, train\n"
+        "data.check_prepared('digits', None)\n"
+        "next(data.train_batches('digits', data_dir=None, global_batch_size=8, seed=0, epoch=0))\n"
+        "next(data.eval_batches('digits', data_dir=None, global_batch_size=8))\n"
+        "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=ROOT,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 def encode(image, image_format):
