@@ -338,8 +338,9 @@ class _Interruptions:
     """SIGTERM and Ctrl-C as a request to stop, honoured between two steps, so that the state the
     loop holds is always whole when it is checkpointed; a second Ctrl-C stops at once.
 
-    With several processes, the request is honoured when every process agrees on it, at a log
-    step (where the processes meet anyway), so that they all checkpoint the same step.
+    With several processes, the request is honoured at the next log step (where the processes
+    meet anyway) once any process has received it, so that they all checkpoint the same step;
+    there a second Ctrl-C ends only the process that receives it.
     """
 
     def __init__(self):
