@@ -7,6 +7,8 @@
     python -m experiments.main --config=... --workdir=runs/r19 --mode=analyze --checkpoint=best
     python -m experiments.main --config=... --workdir=runs/eval --mode=eval \
         --reference_checkpoint=resCifar19-CIFAR10-step4-CW.pth.tar
+    python -m experiments.main --config=experiments/configs/cifar.py --workdir=runs/v5e \
+        --mode=compile --topology=v5e:16x16 --per_device_batch=64 [--find_max_batch]
 
 Multi-host: start one process per host. On TPU pods, Slurm and Open MPI, ``jax.distributed``
 finds its peers by itself; elsewhere pass ``--coordinator_address=HOST:PORT --num_processes=N
@@ -33,8 +35,24 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plo
 flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "eval", "analyze"],
-    "Train (resuming if possible), evaluate, or analyse the spike activity and energy.",
+    ["train", "eval", "analyze", "compile"],
+    "Train (resuming if possible), evaluate, analyse the spike activity and energy, or compile "
+    "the train and eval steps ahead of time and report their cost per device.",
+)
+flags.DEFINE_string(
+    "topology",
+    None,
+    "--mode=compile: a TPU topology to compile for without the hardware, e.g. v5e:16x16, "
+    "v4:4x4x4, v5p:4x4x4, v6e:16x16 (needs libtpu: pip install -e '.[tpu]').",
+)
+flags.DEFINE_integer("num_slices", 1, "--mode=compile: slices of --topology.")
+flags.DEFINE_integer(
+    "per_device_batch", None, "--mode=compile: images per device (default: batch_size / devices)."
+)
+flags.DEFINE_bool(
+    "find_max_batch",
+    False,
+    "--mode=compile: also find the largest per-device batch that fits, with and without remat.",
 )
 flags.DEFINE_enum(
     "checkpoint",
@@ -59,8 +77,29 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _run(config, workdir: str) -> None:
-    from experiments import analyze, train
+    from experiments import analyze, aot, train
 
+    if FLAGS.mode == "compile":
+        report = aot.compile_and_report(
+            config,
+            workdir,
+            topology=FLAGS.topology,
+            num_slices=FLAGS.num_slices,
+            per_device_batch=FLAGS.per_device_batch,
+            max_batch=FLAGS.find_max_batch,
+        )
+        print(aot.summary_line(report))
+        step = report["train_step"]
+        if step["fits"] is False:
+            sys.exit(
+                f"error: the train step needs {step['peak_bytes'] / 2**30:.2f} GiB per device, "
+                f"more than the {report['hbm_bytes_per_device'] / 2**30:.2f} GiB of HBM of "
+                f"{report['device_kind']}: lower --per_device_batch or set "
+                "--config.model_options.remat=True (see compile.json)."
+            )
+        return
+    if FLAGS.topology or FLAGS.find_max_batch or FLAGS.per_device_batch:
+        raise app.UsageError("--topology, --per_device_batch and --find_max_batch are for compile.")
     if FLAGS.mode == "train":
         if FLAGS.reference_checkpoint or FLAGS.checkpoint:
             raise app.UsageError("--checkpoint and --reference_checkpoint are for eval/analyze.")
@@ -101,10 +140,12 @@ def main(argv):
     )
     import jax
 
-    from experiments import checkpointing, data, train
+    from experiments import aot, checkpointing, data, train
 
     try:
         _run(FLAGS.config, FLAGS.workdir)
+    except aot.CompileError as error:
+        sys.exit(f"error: {error}")
     except (
         data.DatasetNotPreparedError,
         checkpointing.CheckpointMismatchError,

@@ -18,6 +18,7 @@ checkpoint, so ``latest`` always holds finite parameters.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -38,7 +39,7 @@ from jax.sharding import PartitionSpec as P
 
 from experiments import data, recipe, reporting
 from experiments.checkpointing import Checkpoints, config_fingerprint
-from glif_jax import models
+from glif_jax import models, placement
 from glif_jax import nn as glif_nn
 
 __all__ = [
@@ -106,23 +107,35 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, rngs: nnx.R
 
 
 def create_train_state(
-    config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int
+    config: ml_collections.ConfigDict,
+    num_classes: int,
+    steps_per_epoch: int,
+    *,
+    abstract: bool = False,
 ) -> tuple[Graphs, TrainState, optax.GradientTransformation]:
-    """Build the model and optimizer; returns the graphs, the initial state and the optimizer."""
+    """Build the model and optimizer; returns the graphs, the initial state and the optimizer.
+
+    With ``abstract=True`` nothing is computed: the state's leaves are ``jax.ShapeDtypeStruct``
+    (for compiling ahead of time, and for restoring a checkpoint into).
+    """
     # The first key of the seed's split: the initialisation of runs made by earlier versions,
     # which kept the second for a state RNG, so that a seed still gives the same network.
     init_key = jax.random.split(jax.random.key(config.seed))[0]
-    model = build_model(config, num_classes, nnx.Rngs(params=init_key))
+
+    def build():
+        return build_model(config, num_classes, nnx.Rngs(params=init_key))
+
+    model = nnx.eval_shape(build) if abstract else build()
     model.train()
     train_graph, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     model.eval()
     eval_graph = nnx.graphdef(model)
     tx = recipe.create_optimizer(recipe.Recipe.from_config(config), params, steps_per_epoch)
     state = TrainState(
-        step=jnp.zeros((), jnp.int32),
+        step=jax.ShapeDtypeStruct((), jnp.int32) if abstract else jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=batch_stats,
-        opt_state=tx.init(params),
+        opt_state=jax.eval_shape(tx.init, params) if abstract else tx.init(params),
     )
     return Graphs(train=train_graph, eval=eval_graph), state, tx
 
@@ -223,17 +236,25 @@ def make_mesh(global_batch_size: int, devices: Sequence[jax.Device] | None = Non
 
 
 class Trainer:
-    """The compiled steps of one config on one mesh, and host-to-device batch transfer."""
+    """The compiled steps of one config on one mesh, and host-to-device batch transfer.
+
+    The mesh may hold devices this process cannot run on (a TPU topology described on a CPU
+    host): the steps then only compile (:meth:`lower`), and :attr:`initial_state` is not built.
+    """
 
     def __init__(self, config, num_classes: int, steps_per_epoch: int, mesh):
+        self.config = config
+        self.num_classes = num_classes
+        self.steps_per_epoch = steps_per_epoch
         self.mesh = mesh
-        self.graphs, state, self.tx = create_train_state(config, num_classes, steps_per_epoch)
+        self.platform = mesh.devices.flat[0].platform
+        self.graphs, abstract, self.tx = create_train_state(
+            config, num_classes, steps_per_epoch, abstract=True
+        )
         self.replicated = NamedSharding(mesh, P())
         self.batch_sharding = NamedSharding(mesh, P("data"))
-        self.initial_state = jax.device_put(state, self.replicated)
         self.abstract_state = jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated),
-            self.initial_state,
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated), abstract
         )
         step = functools.partial(
             train_step,
@@ -253,18 +274,35 @@ class Trainer:
             out_shardings=self.replicated,
         )
 
-    # The mesh is in context while the steps are traced: the GLIF layers read it to run their
-    # kernels per device.
+    @functools.cached_property
+    def initial_state(self) -> TrainState:
+        """The state before the first step, replicated over the mesh."""
+        _, state, _ = create_train_state(self.config, self.num_classes, self.steps_per_epoch)
+        return jax.device_put(state, self.replicated)
+
+    @contextlib.contextmanager
+    def _placed(self):
+        # The steps are traced with the mesh and its platform in context: the time fold keeps each
+        # device's rows, and the GLIF layers choose and run their kernels for those devices.
+        with jax.set_mesh(self.mesh), placement.target_platform(self.platform):
+            yield
 
     def train_step(self, state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
         """:func:`train_step`, jitted over the mesh; ``state`` is donated."""
-        with jax.set_mesh(self.mesh):
+        with self._placed():
             return self._train_step(state, batch)
 
     def eval_step(self, state: TrainState, batch) -> dict[str, jax.Array]:
         """:func:`eval_step`, jitted over the mesh."""
-        with jax.set_mesh(self.mesh):
+        with self._placed():
             return self._eval_step(state, batch)
+
+    def lower(self, which: str, batch) -> jax.stages.Lowered:
+        """The ``"train"`` or ``"eval"`` step lowered for the abstract state and ``batch`` (arrays
+        or ``jax.ShapeDtypeStruct`` with the batch sharding)."""
+        jitted = {"train": self._train_step, "eval": self._eval_step}[which]
+        with self._placed():
+            return jitted.trace(self.abstract_state, batch).lower()
 
     def model(self, state: TrainState) -> nnx.Module:
         """The network with ``state``'s parameters, in evaluation mode."""
@@ -284,8 +322,7 @@ class Trainer:
     def compile_report(self, example_batch) -> str:
         """Compile the train step ahead of time; returns a line on its memory and compile time."""
         start = time.perf_counter()
-        with jax.set_mesh(self.mesh):
-            compiled = self._train_step.lower(self.initial_state, example_batch).compile()
+        compiled = self.lower("train", example_batch).compile()
         seconds = time.perf_counter() - start
         memory = compiled.memory_analysis()
         if memory is None:

@@ -40,11 +40,11 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.sharding import PartitionSpec as P
 
-from glif_jax import surrogates
+from glif_jax import placement, surrogates
 from glif_jax.kernels import recurrence
 from glif_jax.kernels.recurrence import GLIFCoefficients, GradientTerms
 
-__all__ = ["MAX_STEPS", "Pallas", "ShardPlan", "shard_plan"]
+__all__ = ["MAX_STEPS", "Pallas", "shard_plan"]
 
 MAX_STEPS = 16
 """The longest T the kernels have been compiled and timed with on a GPU; they unroll the whole time
@@ -77,7 +77,7 @@ class Pallas:
         two (on TPU a multiple of a whole tile: 8 rows, 16 for 16-bit inputs).
       num_warps: warps per program on GPU, a power of two (default 4).
       backend: ``"gpu"``, ``"tpu"``, or anything else for Pallas's interpreter; ``None`` for
-        ``jax.default_backend()``.
+        :func:`glif_jax.placement.platform`.
       interpret: run in Pallas's interpreter (``None``: whenever the backend is not GPU or TPU).
 
     Example:
@@ -114,7 +114,7 @@ class Pallas:
     ):
         """Spikes ``(T, ..., C)`` in ``x``'s dtype, and with ``return_membrane`` the membrane in
         the coefficients' dtype; differentiable with respect to ``x`` and ``coeffs``."""
-        backend = self.backend or jax.default_backend()
+        backend = self.backend or placement.platform()
         interpret = backend not in ("gpu", "tpu") if self.interpret is None else self.interpret
         config = dataclasses.replace(self, backend=backend, interpret=interpret)
         return _glif_pallas(
@@ -122,39 +122,12 @@ class Pallas:
         )
 
 
-class ShardPlan(NamedTuple):
-    """How the kernels split a batch over the mesh in context: the mesh and the axes that split
-    the batch axis (axis 1) of ``x``."""
-
-    mesh: jax.sharding.AbstractMesh
-    axes: tuple[str, ...]
-
-    @property
-    def spec(self) -> P:
-        return P(None, self.axes)
-
-
-def _splitting_axes(mesh) -> tuple[str, ...]:
-    # Axes already manual (inside a shard_map) are not split again; axes of size 1 split nothing.
-    manual = jax.sharding.AxisType.Manual
-    return tuple(
-        name
-        for name, size, kind in zip(mesh.axis_names, mesh.axis_sizes, mesh.axis_types, strict=True)
-        if size > 1 and kind != manual
-    )
-
-
-def shard_plan(shape: tuple[int, ...]) -> ShardPlan | None:
-    """The :class:`ShardPlan` for an input of ``shape`` ``(T, B, ..., C)`` under the mesh in
-    context, or ``None`` when there is no mesh axis to split over or the mesh cannot split B
-    evenly."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or len(shape) < 3:
+def shard_plan(shape: tuple[int, ...]) -> placement.BatchSplit | None:
+    """How the kernels split an input of ``shape`` ``(T, B, ..., C)`` over the mesh in context
+    (:func:`glif_jax.placement.batch_split` of B), or ``None`` to run them on the whole batch."""
+    if len(shape) < 3:
         return None
-    axes = _splitting_axes(mesh)
-    if not axes or shape[1] % math.prod(mesh.shape[name] for name in axes):
-        return None
-    return ShardPlan(mesh, axes)
+    return placement.batch_split(shape[1])
 
 
 class _Layout(NamedTuple):
@@ -396,18 +369,20 @@ def _backward_shard(x, c, g_spikes, g_membrane, surrogate, detach: bool, config:
     return _from_tiles(dx, x.shape, layout), jnp.sum(sums, axis=0)[:count, : layout.channels]
 
 
-def _forward(x, c, return_membrane: bool, config: Pallas, plan: ShardPlan | None):
+def _forward(x, c, return_membrane: bool, config: Pallas, plan: placement.BatchSplit | None):
     run = functools.partial(_forward_shard, return_membrane=return_membrane, config=config)
     if plan is None:
         return run(x, c)
-    out_specs = (plan.spec, plan.spec) if return_membrane else plan.spec
+    out_specs = (plan.spec(1), plan.spec(1)) if return_membrane else plan.spec(1)
     # check_vma=False: the bodies are per-device programs whose outputs are sharded as declared.
     return jax.shard_map(
-        run, mesh=plan.mesh, in_specs=(plan.spec, P()), out_specs=out_specs, check_vma=False
+        run, mesh=plan.mesh, in_specs=(plan.spec(1), P()), out_specs=out_specs, check_vma=False
     )(x, c)
 
 
-def _backward(x, c, g_spikes, g_membrane, surrogate, detach, config, plan: ShardPlan | None):
+def _backward(
+    x, c, g_spikes, g_membrane, surrogate, detach, config, plan: placement.BatchSplit | None
+):
     def run(x, c, g_spikes, g_membrane):
         dx, sums = _backward_shard(x, c, g_spikes, g_membrane, surrogate, detach, config)
         if plan is not None:
@@ -415,7 +390,7 @@ def _backward(x, c, g_spikes, g_membrane, surrogate, detach, config, plan: Shard
         return dx, sums
 
     if plan is not None:
-        spec = plan.spec
+        spec = plan.spec(1)
         run = jax.shard_map(
             run,
             mesh=plan.mesh,

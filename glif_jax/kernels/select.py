@@ -25,6 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from glif_jax import placement
 from glif_jax.kernels import pallas
 
 __all__ = ["select"]
@@ -48,13 +49,13 @@ def select(
       shape: the input's shape.
       input_dtype: the input's dtype.
       compute_dtype: the dtype the membrane is computed in (float32, or float64).
-      backend: ``jax.default_backend()`` when ``None``.
+      backend: :func:`glif_jax.placement.platform` when ``None``.
       device_count: ``jax.device_count()`` when ``None``.
 
     Returns:
       ``"pallas"``, ``"xla"`` or ``"scan"``, by the table of the module docstring.
     """
-    backend = backend or jax.default_backend()
+    backend = backend or placement.platform()
     device_count = jax.device_count() if device_count is None else device_count
     steps = shape[0]
     if backend not in _PALLAS_BACKENDS:

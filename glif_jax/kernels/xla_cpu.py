@@ -27,6 +27,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from glif_jax import placement
 from glif_jax.kernels import recurrence
 from glif_jax.kernels.recurrence import GLIFCoefficients, GradientTerms
 
@@ -66,12 +67,15 @@ def split_steps(a: jax.Array, dtype) -> list[jax.Array]:
         return [_widened(bits[t], dtype) for t in range(a.shape[0])]
 
 
-def group_count(neurons: int) -> int:
+def group_count(neurons: int, *, divisor_only: bool = False) -> int:
     """J, the neurons one loop iteration sums: the largest divisor of ``neurons`` up to
-    :data:`MAX_GROUPS` when it is at least half of that, else :data:`MAX_GROUPS` (the
-    ``neurons mod J`` left over are summed apart), or ``neurons`` if fewer."""
+    :data:`MAX_GROUPS` when it is at least half of that (or whatever it is, with
+    ``divisor_only``), else :data:`MAX_GROUPS` (the ``neurons mod J`` left over are summed
+    apart), or ``neurons`` if fewer."""
     divisor = max(d for d in range(1, MAX_GROUPS + 1) if neurons % d == 0)
-    return divisor if divisor >= MAX_GROUPS // 2 else min(MAX_GROUPS, neurons)
+    if divisor_only or divisor >= MAX_GROUPS // 2:
+        return divisor
+    return min(MAX_GROUPS, neurons)
 
 
 def summed_terms(
@@ -107,18 +111,29 @@ def _summed_terms(x, g_spikes, g_membrane, c, surrogate, detach_reset, rest):
     steps, channels = x.shape[0], x.shape[-1]
     dtype = c.v_th.dtype
     neurons = math.prod(x.shape[1:-1])
-    groups = group_count(neurons)
+    # With the batch split over devices, groups never straddle two devices' neurons, and none are
+    # left over: each device then sums its own neurons, and only the sums cross devices.
+    split = placement.batch_split(x.shape[1]) if x.ndim >= 3 else None
+    if split is None:
+        groups = group_count(neurons)
+    else:
+        groups = group_count(neurons // split.shards, divisor_only=True)
     grouped = neurons - neurons % groups
     arrays = [
         None if a is None else a.reshape(steps, neurons, channels)
         for a in (x, g_spikes, g_membrane)
     ]
-    patterns = [None if a is None else _bit_patterns(a) for a in arrays]
+    # Neuron n·J + j of group j as row n of (T, N/J, J, C): a split of the neuron axis rather
+    # than a strided slice, so that a batch sharded over devices stays split the same way.
+    patterns = [
+        None if a is None else _bit_patterns(a[:, :grouped]).reshape(steps, -1, groups, channels)
+        for a in arrays
+    ]
 
     def group(a, j):
         if a is None:
             return None
-        return [_widened(a[t, j:grouped:groups], dtype) for t in range(steps)]
+        return [_widened(a[t, :, j], dtype) for t in range(steps)]
 
     count = GradientTerms.count(steps)
     loops = math.ceil(count / MAX_TERMS_PER_LOOP)

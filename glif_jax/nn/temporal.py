@@ -2,8 +2,17 @@
 
 Convention, everywhere in glif_jax: time-major and channel-last, ``(T, B, ..., C)``. Only the
 neuron loops over time; every stateless layer (convolution, linear, pooling, normalisation) sees
-time folded into the batch, ``(T·B, ..., C)``, row ``t·B + b`` as the reference's
-``SeqToANNContainer``.
+time folded into the batch, ``(T·B, ..., C)``, as the reference's ``SeqToANNContainer`` does.
+
+**Data parallelism.** :func:`fold_time` puts row ``t·B + b`` first-to-last, time major. When the
+batch is sharded over a mesh in context, that order would interleave every device's rows, and no
+split of the folded axis keeps them on their device: XLA would gather the whole batch onto every
+device. :func:`per_frame` therefore folds at device granularity: with the batch split into ``n``
+shards (:func:`glif_jax.placement.batch_split`) it views ``(T, B)`` as ``(T, n, B/n)``, moves ``n``
+first and merges, so that the folded axis is ``n`` blocks of ``T·B/n`` rows, each block one
+device's own frames, time major. On each device the move is of an axis of size 1, a relabelling,
+not a copy. The layers it wraps are stateless or reduce over all rows (tdBN), so the order of the
+rows changes nothing they compute; with one device the two orders are the same.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from glif_jax import placement
 
 __all__ = [
     "PerFrame",
@@ -44,8 +55,24 @@ def per_frame(fn: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
     """Apply a per-frame (stateless) function to every time step at once.
 
     Folds ``x`` of shape ``(T, B, ...)`` to ``(T·B, ...)``, applies ``fn`` and unfolds the result.
+    Under a mesh that splits the batch into ``n`` shards the folded rows are ordered device by
+    device (see the module's docstring), so that no device needs another's frames; ``fn`` must
+    then treat rows alike (per-row layers, or reductions over all rows).
     """
-    return unfold_time(fn(fold_time(x)), x.shape[0])
+    split = placement.batch_split(x.shape[1]) if x.ndim >= 2 else None
+    if split is None:
+        return unfold_time(fn(fold_time(x)), x.shape[0])
+    steps, batch, shards = x.shape[0], x.shape[1], split.shards
+
+    def device_major(y):  # (T, B, ...) -> (n, T, B/n, ...), split over n
+        y = jnp.swapaxes(y.reshape(steps, shards, batch // shards, *y.shape[2:]), 0, 1)
+        return jax.lax.with_sharding_constraint(y, split.spec(0))
+
+    folded = device_major(x).reshape(steps * batch, *x.shape[2:])
+    y = fn(folded)
+    y = y.reshape(shards, steps, batch // shards, *y.shape[1:])
+    y = jax.lax.with_sharding_constraint(y, split.spec(0))
+    return jnp.swapaxes(y, 0, 1).reshape(steps, batch, *y.shape[3:])
 
 
 class PerFrame(nnx.Module):
