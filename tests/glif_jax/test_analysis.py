@@ -88,20 +88,185 @@ def test_every_count_equals_the_hand_computation(on_of_8):
     assert t["mean_rate"] == pytest.approx(rate)
 
 
+class Frames(nnx.Module):
+    """A linear layer (5 → 2, with bias) on frames that change at every step, then GLIF."""
+
+    def __init__(self):
+        self.linear = nnx.Linear(5, 2, rngs=nnx.Rngs(0))
+        self.lif = gnn.GLIF(2, T)
+
+    def __call__(self, x):  # x: (B, T, 5), analog and different at each step
+        return self.lif(self.linear(gnn.batch_major_to_time_major(x)))
+
+
+def _frames_input():
+    return jnp.arange(4 * T * 5, dtype=jnp.float32).reshape(4, T, 5) / 7 - 3
+
+
 def test_an_analog_input_that_changes_over_time_costs_its_macs_at_every_step():
-    class Frames(nnx.Module):
-        def __init__(self):
-            self.linear = nnx.Linear(5, 2, rngs=nnx.Rngs(0))
-            self.lif = gnn.GLIF(2, T)
-
-        def __call__(self, x):  # x: (B, T, 5), analog and different at each step
-            return self.lif(self.linear(gnn.batch_major_to_time_major(x)))
-
-    x = jnp.arange(4 * T * 5, dtype=jnp.float32).reshape(4, T, 5) / 7 - 3
+    x = _frames_input()
     report = analysis.analyze(Frames(), [x])
     linear = report["layers"][0]
     assert linear["macs"] == 10 and linear["dense_macs"] == T * 10
     assert report["totals"]["energy_j"] == pytest.approx(E_MAC * T * 10)
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory traffic, counted by hand. Defaults: float32 (4 bytes) weights, activations and membranes,
+# spike maps at 1 bit per neuron and step, 1.25 pJ per byte.
+
+E_BYTE = analysis.ENERGY_PER_SRAM_BYTE_J
+
+# The Probe, per image (T = 3; a frame is one image at one step):
+# conv1: 1·1·2·2 = 4 weights (16 B); its analog input is the same at every step, so it runs once:
+#   weights 16, input 4·4·2 = 32 values · 4 B = 128, output 32 · 4 B = 128.
+#   ANN: the same, 16 + 128 + 128.
+# lif: 2 neurons per pixel, 32 per frame; per step it reads 7 parameters per channel (alpha, beta,
+#   gamma, tau, v_th, leak, v_reset) and its step's row of conduct: 8 · 2 = 16 values, 64 B:
+#   weights 3 · 64 = 192, input 3 · 32 · 4 B = 384 (currents), membranes read and written
+#   2 · 3 · 32 · 4 B = 768, output 3 · 32 spikes / 8 = 12.
+#   ANN (a stateless activation without parameters): 0, input 128, output 128.
+# conv2: 3·3·2·4 = 72 weights (288 B) at every step: weights 3 · 288 = 864, input 3 · 32 / 8 = 12
+#   (spikes, whether they fired or not), output 3 · 4·4·4 = 64 values · 4 B = 768.
+#   ANN: 288, 32 · 4 = 128, 64 · 4 = 256.
+# bn: folded into conv2, nothing of its own.
+# head: 2·3 = 6 weights (24 B) on the pooled spikes (2 values, read as spikes):
+#   weights 3 · 24 = 72, input 3 · 2 / 8 = 0.75, output 3 · 3 · 4 B = 36. ANN: 24, 8, 12.
+PROBE_BYTES = {  # (weights, input, membranes, output) of the SNN; (weights, input, output) ANN
+    "conv1": ((16, 128, 0, 128), (16, 128, 128)),
+    "lif": ((192, 384, 768, 12), (0, 128, 128)),
+    "conv2": ((864, 12, 0, 768), (288, 128, 256)),
+    "bn": ((0, 0, 0, 0), (0, 0, 0)),
+    "head": ((72, 0.75, 0, 36), (24, 8, 12)),
+}
+PROBE_SNN_BYTES = 16 + 128 + 128 + 192 + 384 + 768 + 12 + 864 + 12 + 768 + 72 + 0.75 + 36
+PROBE_ANN_BYTES = 16 + 128 + 128 + 0 + 128 + 128 + 288 + 128 + 256 + 24 + 8 + 12
+SNN_PARTS = ("weight_bytes", "input_bytes", "state_bytes", "output_bytes")
+ANN_PARTS = ("ann_weight_bytes", "ann_input_bytes", "ann_output_bytes")
+
+
+@pytest.mark.parametrize("on_of_8", [8, 0, 3], ids=["all-on", "all-off", "fixed-pattern"])
+def test_memory_traffic_equals_the_hand_count(on_of_8):
+    # A spike map moves every neuron's bit, fired or not: the bytes do not depend on the rate,
+    # the operations do.
+    rate = on_of_8 / 8
+    report = analysis.analyze(Probe(), [_pattern(on_of_8)])
+    for entry in report["layers"]:
+        snn, ann = PROBE_BYTES[entry["name"]]
+        memory = entry["memory"]
+        assert [memory[key] for key in SNN_PARTS] == pytest.approx(snn), entry["name"]
+        assert [memory[key] for key in ANN_PARTS] == pytest.approx(ann), entry["name"]
+        assert memory["bytes"] == pytest.approx(sum(snn))
+        assert memory["ann_bytes"] == pytest.approx(sum(ann))
+        assert memory["energy_j"] == pytest.approx(E_BYTE * sum(snn))
+        assert memory["total_energy_j"] == pytest.approx(entry["energy_j"] + E_BYTE * sum(snn))
+        ann_ops = E_MAC * entry["ann_macs"]
+        assert memory["ann_total_energy_j"] == pytest.approx(ann_ops + E_BYTE * sum(ann))
+
+    m = report["totals"]["memory"]
+    assert m["weight_bytes"] == 16 + 192 + 864 + 72
+    assert m["input_bytes"] == 128 + 384 + 12 + 0.75
+    assert m["state_bytes"] == 768
+    assert m["output_bytes"] == 128 + 12 + 768 + 36
+    assert m["bytes"] == PROBE_SNN_BYTES == 3380.75
+    assert (m["ann_weight_bytes"], m["ann_input_bytes"], m["ann_output_bytes"]) == (328, 392, 524)
+    assert m["ann_bytes"] == PROBE_ANN_BYTES == 1244
+    ops = E_MAC * 64 + E_AC * T * rate * 1158  # as test_every_count_equals_the_hand_computation
+    assert m["total_energy_j"] == pytest.approx(ops + E_BYTE * 3380.75)
+    assert m["ann_total_energy_j"] == pytest.approx(E_MAC * 1222 + E_BYTE * 1244)
+    assert m["energy_ratio"] == pytest.approx(m["ann_total_energy_j"] / m["total_energy_j"])
+    assert (m["energy_per_byte_j"], m["spike_bits"], m["value_bytes"]) == (E_BYTE, 1, None)
+
+
+def test_the_byte_sizes_and_their_cost_are_arguments():
+    # The Probe with a byte per spike and 2-byte values, at 1 J per byte:
+    # conv1: 4 · 2 = 8, 32 · 2 = 64, 64 (ANN the same);
+    # lif: 3 · 16 · 2 = 96, 3 · 32 · 2 = 192, membranes 2 · 3 · 32 · 2 = 384, 3 · 32 · 1 = 96
+    #   (ANN 0, 64, 64);
+    # conv2: 3 · 72 · 2 = 432, 3 · 32 · 1 = 96, 3 · 64 · 2 = 384 (ANN 144, 64, 128);
+    # head: 3 · 6 · 2 = 36, 3 · 2 · 1 = 6, 3 · 3 · 2 = 18 (ANN 12, 4, 6).
+    report = analysis.analyze(
+        Probe(), [_pattern(4)], spike_bits=8, value_bytes=2, energy_per_byte_j=1.0
+    )
+    m = report["totals"]["memory"]
+    assert [m[key] for key in SNN_PARTS] == [
+        8 + 96 + 432 + 36,
+        64 + 192 + 96 + 6,
+        384,
+        64 + 96 + 384 + 18,
+    ]
+    assert [m[key] for key in ANN_PARTS] == [8 + 144 + 12, 64 + 64 + 64 + 4, 64 + 64 + 128 + 6]
+    assert m["energy_j"] == m["bytes"] == 572 + 358 + 384 + 562
+    assert m["ann_energy_j"] == m["ann_bytes"] == 164 + 196 + 262
+    assert (m["spike_bits"], m["value_bytes"], m["energy_per_byte_j"]) == (8, 2, 1.0)
+
+
+def test_a_layer_on_analog_frames_reads_its_weights_at_every_step():
+    # Frames, per image, T = 3: linear 5·2 + 2 = 12 weights (48 B) at every step: weights
+    # 3 · 48 = 144, input 3 · 5 · 4 B = 60, output 3 · 2 · 4 B = 24 (ANN once: 48, 20, 8);
+    # lif (2 neurons, 16 parameter values per step): 3 · 64 = 192, input 3 · 2 · 4 B = 24,
+    # membranes 2 · 3 · 2 · 4 B = 48, output 3 · 2 / 8 = 0.75 (ANN: 0, 8, 8).
+    report = analysis.analyze(Frames(), [_frames_input()])
+    linear, lif = (entry["memory"] for entry in report["layers"])
+    assert [linear[key] for key in SNN_PARTS] == [144, 60, 0, 24]
+    assert [linear[key] for key in ANN_PARTS] == [48, 20, 8]
+    assert [lif[key] for key in SNN_PARTS] == [192, 24, 48, 0.75]
+    assert [lif[key] for key in ANN_PARTS] == [0, 8, 8]
+
+
+# The report's fields before it counted memory traffic: the defaults leave them as they were.
+LAYER_KEYS = {
+    "name", "kind", "input_shape", "output_shape", "macs", "ann_macs", "spiking_input",
+    "input_rate", "sops", "dense_macs", "energy_j",
+}  # fmt: skip
+GLIF_KEYS = {"rate_per_step", "rate"}
+TOTAL_KEYS = {
+    "time_steps", "examples", "macs", "ann_macs", "sops", "dense_macs", "energy_j",
+    "ann_energy_j", "energy_ratio", "mean_rate", "energy_per_mac_j", "energy_per_ac_j",
+}  # fmt: skip
+
+
+def test_the_memory_count_leaves_every_operation_field_as_it_was():
+    model = _tiny_cnn()
+    images = 2.0 * jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    default = analysis.analyze(model, [images])
+    other = analysis.analyze(
+        model,
+        [images],
+        spike_bits=8,
+        value_bytes=1,
+        energy_per_byte_j=analysis.ENERGY_PER_DRAM_BYTE_J,
+    )
+    for entry, changed in zip(default["layers"], other["layers"], strict=True):
+        old_keys = LAYER_KEYS | (GLIF_KEYS if entry["kind"] == "glif" else set())
+        assert set(entry) == old_keys | {"memory"}, entry["name"]
+        assert {k: entry[k] for k in old_keys} == {k: changed[k] for k in old_keys}
+        assert entry["memory"] != changed["memory"] or entry["kind"] == "batch_norm"
+    assert set(default["totals"]) == TOTAL_KEYS | {"memory"}
+    assert {k: default["totals"][k] for k in TOTAL_KEYS} == {
+        k: other["totals"][k] for k in TOTAL_KEYS
+    }
+    assert analysis.summary_table(default) == analysis.summary_table(other)
+
+
+def test_the_tables_give_both_verdicts():
+    report = analysis.analyze(Probe(), [_pattern(3)])
+    verdicts = analysis.verdict_table(report).splitlines()
+    assert verdicts[2].startswith("| operations only (E_MAC = 4.6 pJ, E_AC = 0.9 pJ) |")
+    assert verdicts[3].startswith("| operations + memory (E_byte = 1.25 pJ; 1-bit spikes")
+    ops = E_MAC * 1222 / (E_MAC * 64 + E_AC * T * 0.375 * 1158)
+    assert verdicts[2].endswith(f"| SNN, {ops:.3g}× less |")
+    rows = analysis.memory_table(report).splitlines()
+    assert [row.split(" | ")[0] for row in rows[2:]] == [
+        "| conv1", "| lif", "| conv2", "| head", "| **total**, T = 3",
+    ]  # fmt: skip
+    assert "| 0.75 B |" in rows[5] and "| 3.38 kB |" in rows[6]
+    # Priced as DRAM, the weights read at every step cost the SNN more than the ANN.
+    dram = analysis.analyze(
+        Probe(), [_pattern(3)], energy_per_byte_j=analysis.ENERGY_PER_DRAM_BYTE_J
+    )
+    assert dram["totals"]["memory"]["energy_ratio"] < 1
+    assert "| ANN, " in analysis.verdict_table(dram).splitlines()[3]
 
 
 def test_energy_constants_are_arguments():
@@ -152,6 +317,13 @@ def test_bad_input_is_a_clear_error():
         analysis.analyze(Probe(), [])
     with pytest.raises(ValueError, match=r"no glif_jax\.nn\.GLIF layer"):
         analysis.analyze(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), [jnp.ones((1, 2))])
+    for bad, match in [
+        (dict(spike_bits=0), r"spike_bits must be a positive number .* got 0; use 1"),
+        (dict(value_bytes=-1), r"value_bytes must be a positive number .* got -1"),
+        (dict(energy_per_byte_j=-1.0), r"energy_per_byte_j must be a non-negative .* got -1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            analysis.analyze(Probe(), [_pattern(3)], **bad)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,4 +446,11 @@ def test_every_network_of_the_zoo_is_analysed(name):
     if name == "sew_7b_widenet":  # its head runs once per image, on the time average of the spikes
         head = report["layers"][-1]
         assert head["kind"] == "linear" and head["ann_macs"] == steps * head["macs"]
+        assert head["memory"]["weight_bytes"] == head["memory"]["ann_weight_bytes"] > 0
     assert math.isfinite(t["energy_ratio"])
+    m = t["memory"]
+    for key in ("bytes", "ann_bytes", "state_bytes", "total_energy_j", "ann_total_energy_j"):
+        assert m[key] == pytest.approx(sum(e["memory"][key] for e in report["layers"])), key
+    neurons = sum(math.prod(e["output_shape"]) for e in report["layers"] if e["kind"] == "glif")
+    assert m["state_bytes"] == 2 * steps * neurons * 4  # float32 membranes
+    assert math.isfinite(m["energy_ratio"]) and m["total_energy_j"] > t["energy_j"]
