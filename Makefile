@@ -42,7 +42,7 @@ $(VENV)/.demo: pyproject.toml | $(BIN)/python
 
 $(VENV)/.test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet '$(TORCH)'
-	$(BIN)/python -m pip install --quiet -e '.[experiments,notebooks,torch,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[experiments,notebooks,torch,dev,tpu]'
 	touch $@ $(VENV)/.demo
 
 clean:
