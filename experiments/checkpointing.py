@@ -22,6 +22,7 @@ What survives what:
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -38,34 +39,37 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from experiments import recipe
+
 __all__ = [
+    "SCHEDULE_KEYS",
     "STATE_DEFINING_KEYS",
+    "STRUCTURE_KEYS",
     "CheckpointCorruptError",
     "CheckpointMismatchError",
     "Checkpoints",
     "config_fingerprint",
 ]
 
-STATE_DEFINING_KEYS = (
+STRUCTURE_KEYS = (
     "dataset",
     "model",
     "model_options",
     "time_steps",
     "compute_dtype",
     "batch_size",
-    "num_epochs",
     "seed",
-    "learning_rate",
-    "momentum",
-    "weight_decay",
-    "gate_lr_scale",
-    "lr_period_epochs",
-    "loss",
-    "tet_lambda",
-    "tet_means",
-    "label_smoothing",
 )
-"""Config keys that define what a checkpoint holds: resuming with another value is an error."""
+"""Config keys that define what a checkpoint's state is (its arrays, and which example each step
+reads): resuming with another value is an error."""
+
+SCHEDULE_KEYS = tuple(field.name for field in dataclasses.fields(recipe.Recipe))
+"""The recipe's keys (:class:`experiments.recipe.Recipe`: learning rate, epochs, schedule,
+optimizer and loss settings): they change how the state moves on, not what it is, so a resume may
+change them when asked to (``allow_change``); the change is recorded."""
+
+STATE_DEFINING_KEYS = STRUCTURE_KEYS + SCHEDULE_KEYS
+"""Every key a checkpoint records (:func:`config_fingerprint`)."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -178,6 +182,9 @@ class Checkpoints:
       fingerprint: this run's :func:`config_fingerprint`, stored with each checkpoint and checked
         on restore.
       report: where the one-line reports of damaged checkpoints go.
+      allow_change: restore a checkpoint whose :data:`SCHEDULE_KEYS` differ from
+        ``fingerprint``'s (its :data:`STRUCTURE_KEYS` must still match); the differences are then
+        in :attr:`changes` after :meth:`restore`.
     """
 
     def __init__(
@@ -187,12 +194,15 @@ class Checkpoints:
         fingerprint: dict[str, Any],
         *,
         report: Callable[[str], None] = print,
+        allow_change: bool = False,
     ):
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be at least 1, got {max_to_keep}.")
         root = (Path(workdir) / "checkpoints").absolute()
         self.fingerprint = fingerprint
         self.report = report
+        self.allow_change = allow_change
+        self.changes: dict[str, list] = {}  # key -> [checkpoint's value, this run's]
 
         def manager(name: str, keep: int) -> ocp.CheckpointManager:
             # Each manager its own barrier keys: the two save the same step numbers, and with
@@ -342,19 +352,27 @@ class Checkpoints:
     def _check_fingerprint(self, meta: dict, directory, step: int) -> None:
         saved = meta.get("config", {})
         differences = {
-            key: (saved.get(key), value)
+            key: [saved.get(key), value]
             for key, value in self.fingerprint.items()
             if saved.get(key) != value
         }
-        if differences:
-            lines = "\n".join(
-                f"  {key}: checkpoint has {was!r}, config has {now!r}"
-                for key, (was, now) in differences.items()
-            )
+        described = "; ".join(
+            f"{key}: checkpoint has {was!r}, config has {now!r}"
+            for key, (was, now) in differences.items()
+        )
+        structural = set(differences) - set(SCHEDULE_KEYS)
+        if structural:
             raise CheckpointMismatchError(
                 f"the checkpoint at step {step} in {directory} was written by a different "
-                f"config:\n{lines}\nUse a new --workdir, or the config it was written with."
+                f"config ({described}). Use a new --workdir, or the config it was written with."
             )
+        if differences and not self.allow_change:
+            raise CheckpointMismatchError(
+                f"the checkpoint at step {step} in {directory} was written with another schedule "
+                f"({described}). To continue it with the new values, pass "
+                "--allow_schedule_change; else use the config it was written with."
+            )
+        self.changes = differences
 
     @staticmethod
     def _check_arrays(manager, step: int, abstract_state) -> None:

@@ -16,9 +16,12 @@ finds its peers by itself; elsewhere pass ``--coordinator_address=HOST:PORT --nu
 A process whose peer dies exits with an error within ``--heartbeat_timeout_seconds``
 (:mod:`experiments.distributed`); start them all again with the same command to resume.
 
-Exit status: 0 when done; 1 with one line ``error: ...`` for a missing dataset, a checkpoint that
-does not match or cannot be read, a non-finite loss, or a failed peer; 130 when interrupted (after
-checkpointing).
+Exit status: 0 when done; 2 with one line ``error: ...`` for a usage error (a bad flag, config key
+or value, workdir or topology), found before anything compiles; 1 with one line for a run that
+failed (a missing dataset, a checkpoint that does not match or cannot be read, a workdir another
+run holds, a non-finite loss, a failed peer, a step that does not fit); 130 when interrupted
+(after checkpointing). ``--verbose`` shows the traceback of these errors too; any other error is
+a bug and always shows it.
 """
 
 import os
@@ -73,7 +76,53 @@ flags.DEFINE_integer(
     distributed.HEARTBEAT_TIMEOUT_SECONDS,
     "Multi-host runs: seconds a silent process may stay silent before every process is ended.",
 )
+flags.DEFINE_bool(
+    "allow_schedule_change",
+    False,
+    "Resume a run with other values of the recipe keys (learning rate, epochs, schedule, "
+    "optimizer and loss settings); the change is recorded in the workdir's changes.jsonl.",
+)
+flags.DEFINE_bool("verbose", False, "Show the traceback of an error, not only its one line.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+class UsageError(ValueError):
+    """A flag, config key or workdir that cannot run: exit status 2."""
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, each error said in one line (exit status 2) instead of the usage."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        message = " ".join(str(error).split())
+    except (AttributeError, KeyError) as error:  # a --config.KEY the config does not have
+        given = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")]
+        message = (
+            f"unknown config key {str(error).strip(chr(34) + chr(39))!r} (given: {', '.join(given)}); the keys are documented "
+            "in experiments/configs/base.py."
+        )
+    print(f"error: {message} (--help lists the flags)", file=sys.stderr)
+    sys.exit(2)
+
+
+def _config():
+    """The config, checked before anything is built."""
+    from experiments import data
+    from experiments.configs.base import ConfigError, check_config
+
+    config = FLAGS.config
+    check_config(config)
+    try:
+        data.dataset_info(config.dataset)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return config
+
+
+def _check_workdir(workdir: str) -> None:
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UsageError(f"--workdir={workdir} is a file; expected a directory (new or a run's).")
 
 
 def _run(config, workdir: str) -> None:
@@ -91,19 +140,17 @@ def _run(config, workdir: str) -> None:
         print(aot.summary_line(report))
         step = report["train_step"]
         if step["fits"] is False:
-            sys.exit(
+            print(
                 f"error: the train step needs {step['peak_bytes'] / 2**30:.2f} GiB per device, "
                 f"more than the {report['hbm_bytes_per_device'] / 2**30:.2f} GiB of HBM of "
                 f"{report['device_kind']}: lower --per_device_batch or set "
-                "--config.model_options.remat=True (see compile.json)."
+                "--config.model_options.remat=True (see compile.json).",
+                file=sys.stderr,
             )
+            sys.exit(1)
         return
-    if FLAGS.topology or FLAGS.find_max_batch or FLAGS.per_device_batch:
-        raise app.UsageError("--topology, --per_device_batch and --find_max_batch are for compile.")
     if FLAGS.mode == "train":
-        if FLAGS.reference_checkpoint or FLAGS.checkpoint:
-            raise app.UsageError("--checkpoint and --reference_checkpoint are for eval/analyze.")
-        train.train_and_evaluate(config, workdir)
+        train.train_and_evaluate(config, workdir, allow_schedule_change=FLAGS.allow_schedule_change)
     elif FLAGS.mode == "eval":
         result = train.evaluate(
             config,
@@ -128,10 +175,41 @@ def _run(config, workdir: str) -> None:
         )
 
 
-def main(argv):
+def _check_flags(argv) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.mode != "compile" and (
+        FLAGS.topology or FLAGS.find_max_batch or FLAGS.per_device_batch or FLAGS.num_slices != 1
+    ):
+        raise UsageError(
+            "--topology, --num_slices, --per_device_batch and --find_max_batch go with "
+            "--mode=compile."
+        )
+    if FLAGS.mode in ("train", "compile") and (FLAGS.reference_checkpoint or FLAGS.checkpoint):
+        raise UsageError("--checkpoint and --reference_checkpoint go with --mode=eval or analyze.")
+    if FLAGS.mode != "train" and FLAGS.allow_schedule_change:
+        raise UsageError("--allow_schedule_change goes with --mode=train.")
+
+
+def _fail(error: BaseException, status: int):
+    if FLAGS.verbose:
+        raise error
+    message = " ".join(str(error).split())  # one line, whatever the message holds
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def main(argv):
     logging.set_verbosity(logging.WARNING)  # checkpointing logs every save at INFO
+    from experiments import aot, checkpointing, data, train, workdir_lock
+    from experiments.configs.base import ConfigError
+
+    try:
+        _check_flags(argv)
+        _check_workdir(FLAGS.workdir)
+        config = _config()
+    except (UsageError, ConfigError, aot.CompileError) as error:
+        _fail(error, 2)
     several = distributed.initialize_distributed(
         FLAGS.coordinator_address,
         FLAGS.num_processes,
@@ -140,19 +218,20 @@ def main(argv):
     )
     import jax
 
-    from experiments import aot, checkpointing, data, train
-
     try:
-        _run(FLAGS.config, FLAGS.workdir)
-    except aot.CompileError as error:
-        sys.exit(f"error: {error}")
+        train.check_model(config)
+        _run(config, FLAGS.workdir)
+    except (UsageError, ConfigError, aot.CompileError) as error:
+        _fail(error, 2)
     except (
         data.DatasetNotPreparedError,
         checkpointing.CheckpointMismatchError,
         checkpointing.CheckpointCorruptError,
+        workdir_lock.WorkdirLockedError,
         train.NonFiniteError,
+        train.NoCheckpointError,
     ) as error:
-        sys.exit(f"error: {error}")
+        _fail(error, 1)
     except KeyboardInterrupt:
         sys.exit(130)
     except jax.errors.JaxRuntimeError as error:
@@ -172,4 +251,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -180,6 +180,17 @@ class RunLog:
         with self.path.open("a") as f:
             f.write(strict_json(record) + "\n")
 
+    def schedule_change(self, step: int, changes: dict[str, list]) -> None:
+        """Say and record (``changes.jsonl``) that the run goes on from ``step`` with other
+        values: ``changes`` maps each key to ``[checkpoint's value, this run's]``."""
+        if not self.enabled:
+            return
+        said = ", ".join(f"{key} {was!r} → {now!r}" for key, (was, now) in changes.items())
+        self.print(f"resuming at step {step} with a changed schedule: {said}")
+        record = {"step": step, "changed": changes, "time": time.time()}
+        with (self.workdir / "changes.jsonl").open("a") as f:
+            f.write(strict_json(record) + "\n")
+
     def train(self, step: int, epoch: int, summary: dict[str, float], lr: float) -> None:
         if not self.enabled:
             return

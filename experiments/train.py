@@ -37,17 +37,20 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from experiments import data, recipe, reporting
+from experiments import data, recipe, reporting, workdir_lock
 from experiments.checkpointing import Checkpoints, config_fingerprint
+from experiments.configs.base import ConfigError
 from glif_jax import models, placement
 from glif_jax import nn as glif_nn
 
 __all__ = [
     "Graphs",
+    "NoCheckpointError",
     "NonFiniteError",
     "TrainState",
     "Trainer",
     "build_model",
+    "check_model",
     "create_train_state",
     "eval_step",
     "evaluate",
@@ -55,6 +58,10 @@ __all__ = [
     "train_and_evaluate",
     "train_step",
 ]
+
+
+class NoCheckpointError(FileNotFoundError):
+    """The workdir has no checkpoint to evaluate."""
 
 
 class NonFiniteError(FloatingPointError):
@@ -104,6 +111,17 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, rngs: nnx.R
         rngs=rngs,
         **options,
     )
+
+
+def check_model(config: ml_collections.ConfigDict) -> None:
+    """Build the network ``config`` names without computing anything, so that a bad model, model
+    option or time-step count is a :class:`~experiments.configs.base.ConfigError` before anything
+    compiles."""
+    num_classes = data.dataset_info(config.dataset).num_classes
+    try:
+        nnx.eval_shape(lambda: build_model(config, num_classes, nnx.Rngs(params=0)))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(str(error)) from None
 
 
 def create_train_state(
@@ -417,7 +435,7 @@ class _Run:
     """The loop's state and its side effects: checkpoints, logs, records and the guard against a
     non-finite loss."""
 
-    def __init__(self, config, workdir: Path):
+    def __init__(self, config, workdir: Path, *, allow_schedule_change: bool = False):
         self.config = config
         self.workdir = workdir
         data.check_prepared(config.dataset, config.data_dir)  # before compiling anything
@@ -431,12 +449,18 @@ class _Run:
             config, self.info.num_classes, self.steps_per_epoch, make_mesh(config.batch_size)
         )
         self.checkpoints = Checkpoints(
-            workdir, config.max_to_keep, config_fingerprint(config), report=self.log.print
+            workdir,
+            config.max_to_keep,
+            config_fingerprint(config),
+            report=self.log.print,
+            allow_change=allow_schedule_change,
         )
         restored = self.checkpoints.restore(self.trainer.abstract_state, set_aside=True)
         self.state, meta = restored or (self.trainer.initial_state, {})
         self.progress = Progress(**meta)
         self.step = int(jax.device_get(self.state.step))
+        if self.checkpoints.changes:
+            self.log.schedule_change(self.step, self.checkpoints.changes)
         self.log.start(resume_step=self.step)
         self.records = reporting.GlifRecords(workdir / "glif_params.npz", enabled=is_chief)
         if self.step == 0:
@@ -630,17 +654,33 @@ class _Run:
         return summary
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    allow_schedule_change: bool = False,
+) -> dict[str, Any]:
     """Train ``config`` in ``workdir``, resuming from its latest checkpoint; returns the summary.
+
+    The run holds ``workdir``'s lock (:mod:`experiments.workdir_lock`) until it returns. With
+    ``allow_schedule_change`` it may resume a checkpoint written with other values of the recipe's
+    keys (:data:`experiments.checkpointing.SCHEDULE_KEYS`); the change is printed and appended to
+    ``changes.jsonl``.
 
     Writes ``metrics.jsonl``, TensorBoard events, ``summary.json``, the per-epoch GLIF parameter
     records (``glif_params.npz``) and plots (``learning_curve.png``, ``glif_params.png``).
 
     Raises:
+      WorkdirLockedError: another run holds ``workdir``.
       NonFiniteError: the loss or the parameters turned non-finite (no checkpoint of that state).
       KeyboardInterrupt: Ctrl-C or SIGTERM, after the state was checkpointed.
     """
-    run = _Run(config, Path(workdir))
+    with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
+        return _train_and_evaluate(config, Path(workdir), allow_schedule_change)
+
+
+def _train_and_evaluate(config, workdir: Path, allow_schedule_change: bool) -> dict[str, Any]:
+    run = _Run(config, workdir, allow_schedule_change=allow_schedule_change)
     with _Interruptions() as interruptions:
         with run.log.progress(total=run.stop_step, initial=run.step) as bar:
             try:
@@ -694,7 +734,7 @@ def load_for_evaluation(
     (``latest`` or ``best``), or a released reference checkpoint file; and a description of it.
 
     Raises:
-      FileNotFoundError: ``workdir`` has no such checkpoint.
+      NoCheckpointError: ``workdir`` has no such checkpoint.
       CheckpointMismatchError, CheckpointCorruptError: see :mod:`experiments.checkpointing`.
     """
     data.check_prepared(config.dataset, config.data_dir)
@@ -714,10 +754,13 @@ def load_for_evaluation(
             trainer.replicated,
         )
         return trainer, state, str(reference_checkpoint)
-    checkpoints = Checkpoints(workdir, config.max_to_keep, config_fingerprint(config))
+    # Evaluation does not depend on the schedule a checkpoint was trained with.
+    checkpoints = Checkpoints(
+        workdir, config.max_to_keep, config_fingerprint(config), allow_change=True
+    )
     restored = checkpoints.restore(trainer.abstract_state, which=checkpoint)
     if restored is None:
-        raise FileNotFoundError(
+        raise NoCheckpointError(
             f"no {checkpoint} checkpoint in {workdir / 'checkpoints' / checkpoint}; train "
             "first, or pass --reference_checkpoint=FILE."
         )

@@ -4,6 +4,8 @@ Not a runnable config itself: the experiment configs start from :func:`base_conf
 what their experiment changes. Every key is documented here, once.
 """
 
+import math
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -88,3 +90,50 @@ def parse_variant(variant: str | None, choices: dict[str, tuple]) -> dict[str, s
             )
         chosen[key] = value
     return chosen
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run, named with what was expected."""
+
+
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# key -> (what it must be, the test); a key absent here is checked where it is used (dataset,
+# model and model options by their registries, loss by the recipe).
+_CHECKS = {
+    "time_steps": ("a positive integer", lambda v: _int(v) and v >= 1),
+    "batch_size": ("a positive integer", lambda v: _int(v) and v >= 1),
+    "num_epochs": ("a positive integer", lambda v: _int(v) and v >= 1),
+    "num_train_steps": ("-1 or a positive integer", lambda v: _int(v) and (v == -1 or v >= 1)),
+    "seed": ("an integer", _int),
+    "learning_rate": ("a finite number ≥ 0", lambda v: _finite(v) and v >= 0),
+    "momentum": ("a finite number in [0, 1)", lambda v: _finite(v) and 0 <= v < 1),
+    "weight_decay": ("a finite number ≥ 0", lambda v: _finite(v) and v >= 0),
+    "gate_lr_scale": ("a finite number ≥ 0", lambda v: _finite(v) and v >= 0),
+    "lr_period_epochs": ("None or a positive integer", lambda v: v is None or (_int(v) and v >= 1)),
+    "tet_lambda": ("a finite number in [0, 1]", lambda v: _finite(v) and 0 <= v <= 1),
+    "tet_means": ("a finite number", _finite),
+    "label_smoothing": ("a finite number in [0, 1)", lambda v: _finite(v) and 0 <= v < 1),
+    "log_every_steps": ("a positive integer", lambda v: _int(v) and v >= 1),
+    "checkpoint_every_steps": ("a positive integer", lambda v: _int(v) and v >= 1),
+    "max_to_keep": ("an integer ≥ 2", lambda v: _int(v) and v >= 2),
+    "compute_dtype": ("'float32' or 'bfloat16'", lambda v: v in ("float32", "bfloat16")),
+    "loss": ("'cross_entropy' or 'tet'", lambda v: v in ("cross_entropy", "tet")),
+}
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Check every value of ``config`` that can be checked without building anything.
+
+    Raises:
+      ConfigError: the first bad value, as ``config.KEY=VALUE: expected ...``.
+    """
+    for key, (expected, valid) in _CHECKS.items():
+        if key in config and not valid(config[key]):
+            raise ConfigError(f"config.{key}={config[key]!r}: expected {expected}.")
