@@ -143,8 +143,10 @@ def topology_devices(topology: str, num_slices: int = 1) -> list[jax.Device]:
             f"--topology={topology} compiles with libtpu, which is not installed: "
             "pip install -e '.[tpu]' (libtpu for the installed JAX version)."
         )
-    # Compile-only devices need no TPU host: skip asking the metadata server for one.
+    # Compile-only devices need no TPU host: skip asking the metadata server for one; and several
+    # processes may compile at once (libtpu otherwise takes a lock file for one process).
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from jax.experimental import topologies
 
     options = dict(chip.topology_options)
@@ -267,6 +269,7 @@ def compile_steps(
     devices: Sequence[jax.Device],
     *,
     chip: Chip | None = None,
+    steps: Sequence[str] = ("train", "eval"),
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Compile the train and eval steps of ``config`` (global batch ``config.batch_size``) for a
     1-D data-parallel mesh over ``devices``; no data is read.
@@ -276,6 +279,7 @@ def compile_steps(
       devices: local devices, or compile-only devices of a topology.
       chip: the chip's figures, for ``fits`` and the roofline (``None``: the local device's memory,
         if it reports one, and no roofline).
+      steps: which of ``"train"`` and ``"eval"`` to compile.
 
     Returns:
       The report (the keys of ``compile.json`` but ``topology``) and each step's HLO text.
@@ -298,7 +302,7 @@ def compile_steps(
         "hbm_bytes_per_device": hbm_bytes,
     }
     hlo = {}
-    for which in ("train", "eval"):
+    for which in steps:
         batch = _batch(info, global_batch, trainer.batch_sharding, eval=which == "eval")
         step, hlo[which] = _step_report(trainer.lower(which, batch), chip, hbm_bytes)
         if step["roofline_seconds"]:
@@ -314,10 +318,14 @@ def find_max_batch(
     devices: Sequence[jax.Device],
     *,
     chip: Chip | None,
+    start: int = 1,
     upper: int = 4096,
+    tolerance: float = 0.0,
 ) -> int:
-    """The largest per-device batch whose train step fits the device's memory, by bisection over
-    compiled programs (a power-of-two search up, then halving the gap); 0 if one image does not.
+    """The largest per-device batch whose train step fits the device's memory, by compiling:
+    doubling (or halving) from ``start`` to a batch that fits and one that does not, then
+    bisecting between them until they are at most ``max(1, tolerance · low)`` apart; 0 if one
+    image does not fit, ``upper`` if that does.
 
     Raises:
       CompileError: the device's memory is unknown (a CPU), so nothing can be said to fit.
@@ -328,13 +336,14 @@ def find_max_batch(
             f"--find_max_batch needs the devices' memory size, which {devices[0].device_kind} "
             "does not report: pass --topology, or run on a GPU or TPU."
         )
+    info = data.dataset_info(config.dataset)
 
     def fits(per_device: int) -> bool:
         trial = config.copy_and_resolve_references()
         trial.batch_size = per_device * len(devices)
-        info = data.dataset_info(trial.dataset)
-        mesh = train.make_mesh(trial.batch_size, devices)
-        trainer = train.Trainer(trial, info.num_classes, 1, mesh)
+        trainer = train.Trainer(
+            trial, info.num_classes, 1, train.make_mesh(trial.batch_size, devices)
+        )
         batch = _batch(info, trial.batch_size, trainer.batch_sharding, eval=False)
         memory = trainer.lower("train", batch).compile().memory_analysis()
         peak = (
@@ -345,12 +354,22 @@ def find_max_batch(
         )
         return peak <= hbm_bytes
 
-    low, high = 0, 1  # fits(low) (0 trivially); grow high until it does not fit
-    while high <= upper and fits(high):
-        low, high = high, high * 2
-    if high > upper:
+    low, high = 0, None  # low fits (0 trivially), high does not
+    trial = max(1, min(start, upper))
+    while True:
+        if fits(trial):
+            low = trial
+            if high is not None or trial >= upper:
+                break
+            trial = min(2 * trial, upper)
+        else:
+            high = trial
+            if low > 0 or trial == 1:
+                break
+            trial //= 2
+    if high is None:
         return low
-    while high - low > 1:
+    while high - low > max(1, int(tolerance * low)):
         middle = (low + high) // 2
         low, high = (middle, high) if fits(middle) else (low, middle)
     return low
@@ -414,7 +433,9 @@ def compile_and_report(
         for remat in (False, True):
             trial = config.copy_and_resolve_references()
             trial.model_options.remat = remat
-            found["remat" if remat else "no_remat"] = find_max_batch(trial, devices, chip=chip)
+            found["remat" if remat else "no_remat"] = find_max_batch(
+                trial, devices, chip=chip, start=config.batch_size // len(devices)
+            )
         report["max_per_device_batch"] = found
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,88 @@
+"""A researcher's own data-parallel ``jit`` of a glif_jax network: the batch sharded over a mesh
+set in context (``jax.set_mesh``) is computed where it lies (the conftest fakes 4 CPU devices)."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from glif_jax import models, nn, placement
+
+
+@pytest.fixture
+def mesh():
+    return jax.make_mesh((4,), ("data",), axis_types=(AxisType.Auto,))
+
+
+def test_per_frame_folds_each_devices_frames_together_and_computes_the_same(mesh):
+    x = jax.random.normal(jax.random.key(0), (3, 8, 5, 5, 6))
+
+    def normalise(rows):  # a per-row layer after a reduction over every row, as tdBN's
+        return (rows - rows.mean((0, 1, 2))) / rows.std((0, 1, 2)) * jnp.arange(1.0, 7.0)
+
+    want = nn.per_frame(normalise, x)
+    seen = []
+
+    def record(rows):
+        seen.append(rows.shape)
+        return normalise(rows)
+
+    with jax.set_mesh(mesh):
+        assert placement.batch_split(8).shards == 4
+        got = jax.jit(lambda x: nn.per_frame(record, x))(
+            jax.device_put(x, NamedSharding(mesh, P(None, "data")))
+        )
+    assert seen == [(24, 5, 5, 6)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_batch_the_mesh_cannot_split_is_folded_time_major(mesh):
+    with jax.set_mesh(mesh):
+        assert placement.batch_split(6) is None
+        x = jnp.arange(3 * 6 * 2.0).reshape(3, 6, 2)
+        np.testing.assert_array_equal(nn.per_frame(lambda y: y * 2, x), x * 2)
+
+
+def _loss_and_grad_program(mesh, batch: int):
+    model = models.create(
+        "resnet19",
+        num_classes=10,
+        time_steps=2,
+        rngs=nnx.Rngs(0),
+        stem_channels=8,
+        stage_channels=(8, 16, 16),
+        head_width=16,
+    )
+    graph, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params, images, labels):
+        logits = nnx.merge(graph, params, rest, copy=True)(images)
+        return jnp.mean(jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(labels, 10), -1))
+
+    images = jax.ShapeDtypeStruct((batch, 32, 32, 3), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    if mesh is None:
+        return jax.jit(jax.grad(loss)).trace(params, images, labels).lower().compile()
+    shard = NamedSharding(mesh, P("data"))
+    with jax.set_mesh(mesh):
+        jitted = jax.jit(jax.grad(loss), in_shardings=(NamedSharding(mesh, P()), shard, shard))
+        return jitted.trace(params, images, labels).lower().compile()
+
+
+@pytest.mark.slow
+def test_a_researchers_sharded_jit_divides_the_work(mesh):
+    one = _loss_and_grad_program(None, 2)  # one device's share, alone
+    four = _loss_and_grad_program(mesh, 8)  # the global batch of four devices
+
+    def flops(compiled):
+        cost = compiled.cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+    assert abs(flops(four) / flops(one) - 1) < 0.05
+    gathers = re.findall(r"= (\S+) (?:all-gather|all-to-all|collective-permute)", four.as_text())
+    assert gathers == []
