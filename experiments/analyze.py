@@ -15,12 +15,15 @@ writes into the workdir:
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import tqdm
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from experiments import data, reporting, train
 from glif_jax import analysis
@@ -46,7 +49,7 @@ def analyze(
     trainer, state, source = train.load_for_evaluation(
         config, workdir, checkpoint=checkpoint, reference_checkpoint=reference_checkpoint
     )
-    return analyze_model(trainer.model(state), config, workdir, source=source)
+    return analyze_model(trainer.model(state), config, workdir, source=source, mesh=trainer.mesh)
 
 
 def _check_single_process() -> None:
@@ -56,9 +59,16 @@ def _check_single_process() -> None:
         )
 
 
-def analyze_model(model, config, workdir: Path, *, source: str) -> dict[str, Any]:
+def analyze_model(
+    model, config, workdir: Path, *, source: str, mesh: jax.sharding.Mesh | None = None
+) -> dict[str, Any]:
     """Analyse ``model`` (in evaluation mode) over the test split of ``config``'s dataset and
-    write the report, its table and plots into ``workdir``."""
+    write the report, its table and plots into ``workdir``.
+
+    With ``mesh`` (the one ``model``'s state is replicated over) every batch is split over its
+    devices, each device analysing its own share; a batch the devices cannot split evenly (the
+    split's last) runs whole on each.
+    """
     _check_single_process()
     info = data.dataset_info(config.dataset)
     batches = data.eval_batches(
@@ -66,13 +76,20 @@ def analyze_model(model, config, workdir: Path, *, source: str) -> dict[str, Any
     )
     with tqdm.tqdm(total=info.num_eval, desc="spike analysis", unit="img") as bar:
 
+        def placed(images):
+            if mesh is None:
+                return images
+            spec = P("data") if len(images) % mesh.size == 0 else P()
+            return jax.device_put(images, NamedSharding(mesh, spec))
+
         def real_examples():
             for batch in batches:
                 images = batch["image"][batch["mask"]]
-                yield images
+                yield placed(images)
                 bar.update(len(images))
 
-        report = analysis.analyze(model, real_examples())
+        with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+            report = analysis.analyze(model, real_examples())
     report = {
         "model": config.model,
         "dataset": config.dataset,

@@ -649,7 +649,9 @@ class _Run:
 
             model = self.trainer.model(self.state)
             source = f"{self.workdir} (final, step {self.step})"
-            report = analyze.analyze_model(model, self.config, self.workdir, source=source)
+            report = analyze.analyze_model(
+                model, self.config, self.workdir, source=source, mesh=self.trainer.mesh
+            )
             self.log.print(analyze.summary_line(report))
         return summary
 

@@ -86,3 +86,22 @@ def test_a_researchers_sharded_jit_divides_the_work(mesh):
     assert abs(flops(four) / flops(one) - 1) < 0.05
     gathers = re.findall(r"= (\S+) (?:all-gather|all-to-all|collective-permute)", four.as_text())
     assert gathers == []
+
+
+def test_the_spike_analysis_of_a_split_batch_is_that_of_the_whole(mesh):
+    from glif_jax import analysis
+
+    model = models.create(
+        "spiking_cnn", num_classes=10, time_steps=2, rngs=nnx.Rngs(0), in_channels=1
+    )
+    model.eval()
+    images = [jax.random.normal(jax.random.key(i), (8, 8, 8, 1)) for i in range(2)]
+    whole = analysis.analyze(model, images)
+    with jax.set_mesh(mesh):
+        split = analysis.analyze(
+            model, [jax.device_put(x, NamedSharding(mesh, P("data"))) for x in images]
+        )
+    assert split["totals"]["sops"] == pytest.approx(whole["totals"]["sops"], rel=1e-6)
+    assert [layer["rate"] for layer in split["layers"] if "rate" in layer] == pytest.approx(
+        [layer["rate"] for layer in whole["layers"] if "rate" in layer], rel=1e-6
+    )
