@@ -27,6 +27,10 @@ implementation of that loop, a ``lax.scan`` of :func:`glif_step` under plain aut
 (``implementation="scan"``); the fast implementations live in :mod:`glif_jax.kernels`, behind one
 contract, and :func:`glif` dispatches to them.
 
+:class:`GLIFParams`, :class:`GLIFCoefficients` and :class:`GLIFState` are pytrees registered for
+:mod:`jax.export` serialization (as ``glif_jax.GLIFParams`` and so on), so that a function taking
+or returning them can be exported, serialized and called back.
+
 Axes: ``x`` is time-major and channel-last, ``(T, ..., C)``, with any number of middle axes
 (``(T, B, C)`` after a linear layer, ``(T, B, H, W, C)`` after a convolution). Channel-wise
 parameters have shape ``(C,)`` and ``conduct`` ``(T, C)``; layer-wise parameters are scalars and
@@ -45,6 +49,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
@@ -55,7 +60,11 @@ import numpy as np
 
 from glif_jax import kernels
 from glif_jax import surrogates as _surrogates
-from glif_jax.kernels.recurrence import GLIFCoefficients, membrane_update
+from glif_jax.kernels.recurrence import (
+    GLIFCoefficients,
+    membrane_update,
+    register_dataclass_serialization,
+)
 
 __all__ = [
     "GATE_NAMES",
@@ -102,6 +111,7 @@ def _about(symbol: str, meaning: str, *, gate: bool = False) -> dict:
     return {"symbol": symbol, "meaning": meaning, "gate": gate}
 
 
+@functools.partial(register_dataclass_serialization, serialized_name="glif_jax.GLIFParams")
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class GLIFParams:
@@ -167,6 +177,9 @@ def param_label(name: str) -> str:
     return f"{field.metadata['symbol']} ({field.metadata['meaning']})"
 
 
+@functools.partial(
+    jax.export.register_namedtuple_serialization, serialized_name="glif_jax.GLIFState"
+)
 class GLIFState(NamedTuple):
     """The carry of the time loop: the membrane u_{t−1} (before reset) and the spike o_{t−1}."""
 
@@ -530,22 +543,25 @@ def glif(
       implementation: how the time loop runs, and so what the backward pass keeps per neuron
         and step: ``"scan"``, a ``lax.scan`` of :func:`glif_step` under plain autodiff, the
         reference (it keeps 12 bytes of residuals per neuron and step, and is the only one that
-        supports forward-mode differentiation); ``"xla"``, one custom VJP over the whole time loop
-        (:class:`glif_jax.kernels.Xla`, keeping only ``x``); ``"pallas"``, the same as Pallas
-        kernels (:class:`glif_jax.kernels.Pallas`, keeping only ``x``; compiled on GPU and TPU,
-        interpreted elsewhere); ``"auto"``, the one :func:`glif_jax.kernels.select` picks for
-        this input and backend; or a kernel instance with its own settings, e.g.
-        ``kernels.Pallas(block_rows=32)``. All give the same spikes, except where a membrane lies
-        within a rounding error of the threshold, and the same gradients up to float rounding.
-        To recompute more than the neuron (the convolutions too), wrap whole layers in
-        :func:`glif_jax.nn.recompute`, as the models' ``remat=True`` does.
+        supports forward-mode differentiation, ``jax.jvp`` and ``jax.jacfwd``); ``"xla"``, one
+        custom VJP over the whole time loop (:class:`glif_jax.kernels.Xla`, keeping only ``x``);
+        ``"pallas"``, the same as Pallas kernels (:class:`glif_jax.kernels.Pallas`, keeping only
+        ``x``; compiled on GPU and TPU, interpreted elsewhere; first derivatives only);
+        ``"auto"``, the one :func:`glif_jax.kernels.select` picks for this input and backend; or
+        a kernel instance with its own settings, e.g. ``kernels.Pallas(block_rows=32)``. All give
+        the same spikes, except where a membrane lies within a rounding error of the threshold,
+        and the same gradients up to float rounding. To recompute more than the neuron (the
+        convolutions too), wrap whole layers in :func:`glif_jax.nn.recompute`, as the models'
+        ``remat=True`` does. Which JAX transformations each supports: docs/neuron.md.
 
     Returns:
       The spikes o, ``(T, ..., C)`` in ``x``'s dtype; with ``return_membrane``, ``(o, u)`` where u
       has the same shape in the compute dtype (float32 for inputs of 32 bits or fewer).
 
     Raises:
-      TypeError: ``x`` is not floating point, or ``surrogate`` is not a surrogate.
+      TypeError: ``x`` is not floating point, or ``surrogate`` is not a surrogate; or forward-mode
+        differentiation (``jax.jvp``, ``jax.jacfwd``) reached a kernel, or a second derivative
+        reached the Pallas kernels: the message names the implementation to use instead.
       ValueError: ``x`` has rank < 2, its channels or time steps do not match ``params``, or the
         mode, surrogate name or implementation is unknown.
     """
@@ -558,18 +574,95 @@ def glif(
     bits = max(jnp.finfo(x.dtype).bits, jnp.finfo(coeffs.v_th.dtype).bits)
     compute_dtype = jnp.float64 if bits > 32 else jnp.float32
     coeffs = jax.tree.map(lambda c: c.astype(compute_dtype), coeffs)
+    requested = implementation
     if implementation == "auto":
         implementation = kernels.select(x.shape, x.dtype, compute_dtype)
     if implementation == "scan":
         spikes, membrane = _glif_scan(x, coeffs, surrogate, detach_reset)
         return (spikes, membrane) if return_membrane else spikes
     kernel = kernels.get(implementation)
+    described = _describe(requested, kernel)
+    try:
+        if kernels.differentiable_twice(kernel):
+            return _kernel(kernel, surrogate, detach_reset, return_membrane, x, coeffs)
+        return _kernel_differentiable_once(
+            kernel, surrogate, detach_reset, return_membrane, described, x, coeffs
+        )
+    except TypeError as error:
+        if not _is_forward_mode_refusal(error):
+            raise
+        # JAX's own message names neither the neuron nor the fix.
+        raise TypeError(_forward_mode_message(described)) from None
+
+
+def _describe(requested, kernel) -> str:
+    if not isinstance(requested, str):
+        return f"implementation={type(kernel).__name__}(...)"
+    if requested != kernel.name:
+        return f"implementation={requested!r} (here {kernel.name!r})"
+    return f"implementation={requested!r}"
+
+
+def _is_forward_mode_refusal(error: TypeError) -> bool:
+    # JAX raises this here when tracing jax.jvp or jax.jacfwd meets the custom VJP; where only the
+    # compilation meets it (jax.jvp under jax.jit), JAX raises it later, outside this function.
+    message = str(error)
+    return "forward-mode" in message and "custom_vjp" in message
+
+
+def _forward_mode_message(described: str) -> str:
+    return (
+        f"glif: {described} is a custom VJP, which JAX differentiates in "
+        "reverse mode only (jax.grad, jax.vjp, jax.jacrev), but forward mode (jax.jvp, "
+        'jax.jacfwd) reached it; pass implementation="scan" (to glif, nn.GLIF or the models) '
+        "for forward-mode derivatives."
+    )
+
+
+def _kernel(kernel, surrogate, detach_reset, return_membrane, x, coeffs):
     return kernel(
-        x,
-        coeffs,
-        surrogate=surrogate,
-        detach_reset=detach_reset,
-        return_membrane=return_membrane,
+        x, coeffs, surrogate=surrogate, detach_reset=detach_reset, return_membrane=return_membrane
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _kernel_differentiable_once(
+    kernel, surrogate, detach_reset, return_membrane, described, x, coeffs
+):
+    """The kernel, as a custom VJP whose forward pass refuses to be differentiated: a second
+    derivative through a kernel without one fails there, with an error that names the fix."""
+    return _kernel(kernel, surrogate, detach_reset, return_membrane, x, coeffs)
+
+
+def _kernel_once_fwd(kernel, surrogate, detach_reset, return_membrane, described, x, coeffs):
+    x, coeffs = _no_second_derivative(described, x, coeffs)
+    # The kernel's own forward pass and pullback, run once: nothing is recomputed.
+    return jax.vjp(
+        functools.partial(_kernel, kernel, surrogate, detach_reset, return_membrane), x, coeffs
+    )
+
+
+def _kernel_once_bwd(kernel, surrogate, detach_reset, return_membrane, described, pullback, cts):
+    return pullback(cts)
+
+
+_kernel_differentiable_once.defvjp(_kernel_once_fwd, _kernel_once_bwd)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _no_second_derivative(described: str, x, coeffs):
+    # The identity; only a derivative of the kernel's forward pass, which a first derivative never
+    # takes, reaches the rule below.
+    return x, coeffs
+
+
+@_no_second_derivative.defjvp
+def _no_second_derivative_jvp(described, primals, tangents):
+    raise TypeError(
+        f"glif: {described} differentiates once, in reverse mode (jax.grad, jax.vjp, "
+        "jax.jacrev), but a second derivative (jax.hessian, a Hessian-vector product, the "
+        'gradient of a gradient) reached it; pass implementation="xla" or "scan" (to glif, '
+        "nn.GLIF or the models) for second derivatives."
     )
 
 

@@ -84,7 +84,9 @@ class Surrogate:
     """Base class: the Heaviside forward pass and a surrogate derivative for the backward pass.
 
     Subclasses are frozen dataclasses whose fields are the surrogate's width or sharpness; they
-    implement :meth:`derivative` and :meth:`primitive`.
+    implement :meth:`derivative` and :meth:`primitive`. A surrogate is a hashable value, not a
+    pytree: pass it to a jitted function as a static argument (``static_argnums``) or close over
+    it, and :func:`jax.export.export` holds it in the exported function.
     """
 
     def __call__(self, v: jax.Array) -> jax.Array:

@@ -14,8 +14,10 @@ against that reference in values and gradients:
 The contract (:class:`Kernel`): called as ``kernel(x, coeffs, surrogate=..., detach_reset=...,
 return_membrane=...)`` on an input ``(T, ..., C)`` and the per-step update coefficients of
 :mod:`glif_jax.kernels.recurrence`, it returns the spikes (and the membrane) and is
-differentiable with respect to both. What they share, the step functions and the gradient terms,
-is :mod:`glif_jax.kernels.recurrence`; :func:`select` is the ``"auto"`` choice between them.
+differentiable with respect to both in reverse mode (a custom VJP: JAX has no forward mode for
+it, so ``jax.jvp`` and ``jax.jacfwd`` need the scan; :func:`differentiable_twice` says which
+kernels take second derivatives). What they share, the step functions and the gradient terms, is
+:mod:`glif_jax.kernels.recurrence`; :func:`select` is the ``"auto"`` choice between them.
 
 Imports run one way: :mod:`glif_jax.surrogates` → :mod:`~glif_jax.kernels.recurrence` →
 the implementations → :mod:`~glif_jax.kernels.select` → :mod:`glif_jax.neuron`.
@@ -40,6 +42,7 @@ __all__ = [
     "Kernel",
     "Pallas",
     "Xla",
+    "differentiable_twice",
     "get",
     "select",
 ]
@@ -87,3 +90,17 @@ def get(implementation: str | Kernel) -> Kernel:
             )
         return KERNELS[implementation]
     return implementation
+
+
+def differentiable_twice(kernel: Kernel) -> bool:
+    """Whether second derivatives (``jax.hessian``, Hessian-vector products, the gradient of a
+    gradient) may run through ``kernel``.
+
+    A kernel is a custom VJP, so JAX differentiates it in reverse mode only; a second derivative
+    differentiates its backward pass too. The XLA kernel's backward pass is ordinary JAX, which
+    JAX differentiates like any other. The Pallas kernels' forward and backward passes are Pallas
+    calls, which JAX differentiates through their kernel bodies; for these kernels that fails
+    inside JAX with an internal error, so :func:`glif_jax.neuron.glif` refuses second derivatives
+    through them first, with an error that names the fix.
+    """
+    return not isinstance(kernel, Pallas)

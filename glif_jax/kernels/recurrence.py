@@ -21,8 +21,10 @@ products with a spike are selections, as o ∈ {0, 1}.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +39,7 @@ __all__ = [
     "forward_trace",
     "gradient_terms",
     "membrane_update",
+    "register_dataclass_serialization",
     "reverse_step",
     "reverse_trace",
     "step_terms",
@@ -44,6 +47,44 @@ __all__ = [
 ]
 
 
+_Dataclass = TypeVar("_Dataclass", bound=type)
+
+
+def register_dataclass_serialization(cls: _Dataclass, serialized_name: str) -> _Dataclass:
+    """Let :mod:`jax.export` serialize ``cls``, a dataclass registered as a pytree, by name.
+
+    An exported function whose arguments or results hold ``cls`` stores ``serialized_name`` and
+    the field names; deserialising it rebuilds ``cls`` and refuses a set of fields that has since
+    changed, rather than pairing values with the wrong fields.
+
+    Args:
+      cls: a dataclass registered with :func:`jax.tree_util.register_dataclass`.
+      serialized_name: the name stored in serialized exports, independent of the module path.
+
+    Returns:
+      ``cls``.
+    """
+    fields = [field.name for field in dataclasses.fields(cls)]
+
+    def from_children(names, children):
+        if names != fields:
+            raise ValueError(
+                f"the serialized {serialized_name} has fields {names}, but "
+                f"{cls.__module__}.{cls.__qualname__} has fields {fields}; export the function "
+                "again with this version of glif_jax."
+            )
+        return cls(**dict(zip(names, children, strict=True)))
+
+    return jax.export.register_pytree_node_serialization(
+        cls,
+        serialized_name=serialized_name,
+        serialize_auxdata=lambda _: json.dumps(fields).encode(),
+        deserialize_auxdata=lambda data: json.loads(data.decode()),
+        from_children=from_children,
+    )
+
+
+@functools.partial(register_dataclass_serialization, serialized_name="glif_jax.GLIFCoefficients")
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class GLIFCoefficients:
@@ -52,7 +93,8 @@ class GLIFCoefficients:
     For the gated modes ``decay = 1 − α(1 − τ)``, ``leak = (1 − α)ℓ``, ``hard_reset = γ``,
     ``soft_reset = (1 − γ)R``, ``input_scale = 1 − β(1 − g)``; for GLIF_f ``decay = τ``,
     ``leak = ℓ``, ``hard_reset = 1``, ``soft_reset = R``, ``input_scale = g``
-    (:func:`glif_jax.neuron.coefficients`).
+    (:func:`glif_jax.neuron.coefficients`). Registered for :mod:`jax.export` serialization as
+    ``glif_jax.GLIFCoefficients``.
 
     Attributes:
       decay: multiplies the membrane, ``(C,)`` channel-wise or ``()`` layer-wise.
@@ -158,6 +200,9 @@ def reverse_trace(us, os, g_spikes, g_membranes, c: GLIFCoefficients, surrogate,
     return g_us, g_vs
 
 
+@functools.partial(
+    jax.export.register_namedtuple_serialization, serialized_name="glif_jax.GradientTerms"
+)
 class GradientTerms(NamedTuple):
     """What the neurons contribute to the gradient of each coefficient, per neuron or summed.
 

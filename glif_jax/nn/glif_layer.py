@@ -39,7 +39,8 @@ class GLIF(nnx.Module):
         needs ``rngs``.
       detach_reset: stop the gradient through the reset path.
       implementation: the time-loop implementation, a name or a kernel, see
-        :func:`glif_jax.neuron.glif`.
+        :func:`glif_jax.neuron.glif`; ``"scan"`` for forward-mode differentiation (``jax.jvp``,
+        ``jax.jacfwd``) of the layer, which the kernels refuse with an error naming it.
       rngs: random streams; ``rngs.params`` draws random gates.
 
     Example::
