@@ -217,3 +217,35 @@ def test_a_step_that_does_not_fit_exits_with_one_line(tmp_path):
     assert len(errors) == 1 and "more than the 0.00 GiB of HBM" in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert json.loads((tmp_path / "compile.json").read_text())["train_step"]["fits"] is False
+
+
+@needs_libtpu
+def test_several_slices_give_every_slices_chips():
+    devices = aot.topology_devices("v5e:2x2", num_slices=2)
+    assert len(devices) == 8
+    assert {device.slice_index for device in devices} == {0, 1}
+
+
+@pytest.mark.slow
+def test_find_max_batch_finds_the_largest_batch_that_fits(monkeypatch):
+    """On the CPU with a memory size set: the batch found fits, the next does not."""
+    import jax
+
+    from tests.support import tiny_digits
+
+    config = tiny_digits.get_config()
+    devices = jax.devices()[:1]
+    peaks = {}
+
+    def peak(per_device):
+        if per_device not in peaks:
+            config.batch_size = per_device
+            report, _ = aot.compile_steps(config, devices, steps=("train",))
+            peaks[per_device] = report["train_step"]["peak_bytes"]
+        return peaks[per_device]
+
+    budget = (peak(16) + peak(32)) // 2
+    monkeypatch.setattr(aot, "_local_hbm_bytes", lambda device: budget)
+    found = aot.find_max_batch(tiny_digits.get_config(), devices, chip=None, start=4, upper=64)
+    assert 16 <= found < 32
+    assert peak(found) <= budget < peak(found + 1)
