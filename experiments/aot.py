@@ -48,7 +48,7 @@ __all__ = [
 
 ACTIVATION_BYTES = 2**20
 """A gather, all-to-all or permute moving more than this per device moves activations, not the
-scalars of metrics: a data-parallel step has none."""
+metrics' logits: a data-parallel step has none, and the summary line warns of one."""
 
 
 class CompileError(ValueError):
@@ -465,4 +465,11 @@ def summary_line(report: dict[str, Any]) -> str:
     if "max_per_device_batch" in report:
         found = report["max_per_device_batch"]
         line += f"; largest batch per device {found['no_remat']} ({found['remat']} with remat)"
+    moving = sorted(
+        kind
+        for kind, entry in step["collectives"].items()
+        if kind != "all-reduce" and entry["largest_bytes"] > ACTIVATION_BYTES
+    )
+    if moving:
+        line += f"; WARNING: activations cross devices ({', '.join(moving)}): see the HLO text"
     return line
