@@ -125,6 +125,22 @@ def _check_workdir(workdir: str) -> None:
         raise UsageError(f"--workdir={workdir} is a file; expected a directory (new or a run's).")
 
 
+def train_and_analyze(config, workdir: str, *, allow_schedule_change: bool = False) -> dict:
+    """Train (:func:`experiments.train.train_and_evaluate`), then, with
+    ``config.analyze_after_training`` and one process, analyse the final network's spike activity
+    and energy (:func:`experiments.analyze.analyze`) and print its summary line; returns the
+    training summary."""
+    import jax
+
+    from experiments import analyze, train
+
+    summary = train.train_and_evaluate(config, workdir, allow_schedule_change=allow_schedule_change)
+    if config.analyze_after_training and jax.process_count() == 1:
+        report = analyze.analyze(config, workdir, checkpoint="latest")
+        print(analyze.summary_line(report), flush=True)
+    return summary
+
+
 def _run(config, workdir: str) -> None:
     from experiments import analyze, aot, train
 

@@ -644,15 +644,6 @@ class _Run:
             "processes": jax.process_count(),
         }
         self.log.finish(summary, self.records)
-        if self.config.analyze_after_training and jax.process_count() == 1:
-            from experiments import analyze
-
-            model = self.trainer.model(self.state)
-            source = f"{self.workdir} (final, step {self.step})"
-            report = analyze.analyze_model(
-                model, self.config, self.workdir, source=source, mesh=self.trainer.mesh
-            )
-            self.log.print(analyze.summary_line(report))
         return summary
 
 

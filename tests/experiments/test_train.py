@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import checkpointing, data, recipe, train
+from experiments import checkpointing, data, main, recipe, train
 from experiments.configs import ablations, cifar, cifar10_dvs, digits, imagenet
 from tests.support import tiny_digits
 
@@ -120,7 +120,7 @@ def test_an_epoch_traces_each_step_once_and_ends_with_the_analysis(tmp_path, mon
     config = tiny_digits.get_config()
     config.num_epochs = 1
     config.analyze_after_training = True
-    summary = train.train_and_evaluate(config, tmp_path)
+    summary = main.train_and_analyze(config, tmp_path)
     assert summary["steps"] == 1437 // 32
     # The run ends with its spike analysis (what `make demo` prints last).
     assert "spike activity over 360 test images" in capsys.readouterr().out
