@@ -123,6 +123,12 @@ def _config():
 def _check_workdir(workdir: str) -> None:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UsageError(f"--workdir={workdir} is a file; expected a directory (new or a run's).")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--workdir={workdir} cannot be made: {error.strerror}.") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise UsageError(f"--workdir={workdir} is not writable by this user.")
 
 
 def train_and_analyze(config, workdir: str, *, allow_schedule_change: bool = False) -> dict:
@@ -222,8 +228,8 @@ def main(argv):
 
     try:
         _check_flags(argv)
-        _check_workdir(FLAGS.workdir)
         config = _config()
+        _check_workdir(FLAGS.workdir)
     except (UsageError, ConfigError, aot.CompileError) as error:
         _fail(error, 2)
     several = distributed.initialize_distributed(
