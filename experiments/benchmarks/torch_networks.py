@@ -1,31 +1,27 @@
-"""An independent PyTorch transcription of the reference networks (docs/reference.md §1-§4.1;
-the § numbers below are that document's).
+"""A PyTorch transcription of the reference (docs/reference.md §1-§4.1; the § numbers below are
+that document's), which the benchmarks time against glif_jax.
 
 Written from docs/reference.md, not from glif_jax: nothing here imports glif_jax, and the
-networks read their tensors from reference state dicts (torch tensors or NumPy arrays under the
+network reads its tensors from reference state dicts (torch tensors or NumPy arrays under the
 reference's names and layouts, e.g. from :func:`glif_jax.interop.export_reference_state_dict`).
 Everything is channel-first and time-major, ``(T, B, C, H, W)``, as the reference is:
 
 - ``SeqToANNContainer`` folds time into the batch, row ``t·B + b``;
 - tdBN normalises over (T·B, H, W) with the biased variance, scales by ``alpha·Vth`` (Vth the
-  0.5 buffer; plain BN when the buffer is absent) and updates the running variance with the
-  unbiased estimate;
-- the GLIF neuron is the reference's per-step loop (§1.3): the sigmoids of the raw
-  parameters are taken inside every step, the spikes are written into a preallocated
+  0.5 buffer) and updates the running variance with the unbiased estimate;
+- the GLIF neuron is the reference's per-step loop (§1.3, :func:`reference_glif`): the sigmoids
+  of the raw parameters are taken inside every step, the spikes are written into a preallocated
   ``(T, B, C, H, W)`` tensor whose previous row is read back (``.clone()``) as the previous
   spike, the reset is not detached, and the spike's surrogate is the rectangle (§1.4);
-- the static networks repeat the image over T, pool globally, apply the bias-free linears on
-  every step and average the logits over T; the DVS network averages its flattened features
-  over T before its linear layer.
+- the network repeats the image over T, pools globally, applies the bias-free linears on every
+  step and averages the logits over T.
 
-Two uses:
-
-- forward functions over a state dict (:func:`resnet_forward`, :func:`sew_forward`), which the
-  interop tests compare glif_jax's networks with;
-- a trainable ``nn.Module`` ResNet-19 (the reference's ``ResNet_19_cifar_CW``,
-  :class:`ResNet19`, built from a state dict by :func:`resnet19_from_state_dict`), with the
-  reference's optimizer (:func:`reference_optimizer`) and step (:func:`train_step`), which the
-  training benchmark times against glif_jax's step.
+It holds the GLIF loop of both benchmarks: the GLIF part times :func:`reference_glif` and its
+channel-last variant :func:`channel_last_glif` alone
+(:mod:`experiments.benchmarks.torch_glif`), and the training part times a trainable ResNet-19
+(the reference's ``ResNet_19_cifar_CW``, :class:`ResNet19`, built from a state dict by
+:func:`resnet19_from_state_dict`) with the reference's optimizer (:func:`reference_optimizer`)
+and step (:func:`train_step`).
 """
 
 from __future__ import annotations
@@ -47,6 +43,7 @@ BN_VTH = 0.5
 GLIF_KEYS = ("alpha", "beta", "gamma", "tau", "Vth", "leak", "reVth", "conduct")
 GATE_KEYS = frozenset({"alpha", "beta", "gamma"})
 NEURON_KEYS = frozenset({"tau", "Vth", "leak", "conduct", "reVth"})
+_STEP_KEYS = ("alpha", "beta", "gamma", "tau", "Vth", "leak", "reVth")  # the order of glif_update
 
 # Raw (pre-sigmoid) initial values of the reference's LIFSpike_CW at the module constants of
 # §1.1 (tau 0.25, Vth 0.5, leak 0.0625, conduct 0.5, reVth 0.5).
@@ -82,28 +79,22 @@ def _per_channel(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return value.view(1, -1, *([1] * (x.ndim - 2)))
 
 
-def glif_step(raw: Mapping[str, torch.Tensor], u, o, x_t, t: int):
-    """One update of the channel-wise soft GLIF as the reference codes it (§1.3).
+def glif_update(coefficients: Sequence[torch.Tensor], u, o, x_t, conduct_t):
+    """One update of the channel-wise soft GLIF in the reference's term order (§1.3).
 
     Args:
-      raw: the raw parameters ``alpha, beta, gamma, tau, Vth, leak, reVth`` ``(C,)`` and
-        ``conduct`` ``(T, C)``.
+      coefficients: the sigmoids of ``alpha, beta, gamma, tau, Vth, leak, reVth``, each
+        broadcastable to ``x_t``.
       u: the membrane potential of the previous step (before its reset).
       o: the spikes of the previous step.
       x_t: this step's input current.
-      t: the step's index, for ``conduct``.
+      conduct_t: the sigmoid of this step's ``conduct``.
 
     Returns:
       ``(u_t, o_t)``.
     """
-
-    def sig(name):
-        return torch.sigmoid(_per_channel(raw[name], x_t))
-
-    alpha, beta, gamma = sig("alpha"), sig("beta"), sig("gamma")
-    tau, v_th, leak, v_reset = sig("tau"), sig("Vth"), sig("leak"), sig("reVth")
-    conduct = torch.sigmoid(_per_channel(raw["conduct"][t], x_t))
-    current = x_t * (1 - beta * (1 - conduct))
+    alpha, beta, gamma, tau, v_th, leak, v_reset = coefficients
+    current = x_t * (1 - beta * (1 - conduct_t))
     u = (
         ((1 - alpha * (1 - tau)) * u * (1 - gamma * o) - (1 - alpha) * leak)
         + current
@@ -115,11 +106,13 @@ def glif_step(raw: Mapping[str, torch.Tensor], u, o, x_t, t: int):
 def reference_glif(raw: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """The channel-wise soft GLIF over all steps, as the reference runs it.
 
-    ``u`` and ``out`` are allocated in the default dtype (float32) whatever ``x``'s dtype, and
-    step t reads the previous spikes back from ``out[t − 1]`` (slot 0, still zero, at t = 0).
+    The sigmoids are taken inside every step; ``u`` and ``out`` are allocated in the default
+    dtype (float32) whatever ``x``'s dtype, and step t reads the previous spikes back from
+    ``out[t − 1]`` (slot 0, still zero, at t = 0).
 
     Args:
-      raw: the raw parameters, as :func:`glif_step` takes them.
+      raw: the raw parameters ``alpha, beta, gamma, tau, Vth, leak, reVth`` ``(C,)`` and
+        ``conduct`` ``(T, C)``.
       x: the input current ``(T, B, C, ...)``.
 
     Returns:
@@ -128,8 +121,32 @@ def reference_glif(raw: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Te
     u = torch.zeros(x.shape[1:], device=x.device)
     out = torch.zeros(x.shape, device=x.device)
     for t in range(x.shape[0]):
-        u, out[t] = glif_step(raw, u, out[max(t - 1, 0)].clone(), x[t], t)
+        o, x_t = out[max(t - 1, 0)].clone(), x[t]
+        coefficients = [torch.sigmoid(_per_channel(raw[name], x_t)) for name in _STEP_KEYS]
+        conduct = torch.sigmoid(_per_channel(raw["conduct"][t], x_t))
+        u, out[t] = glif_update(coefficients, u, o, x_t, conduct)
     return out
+
+
+def channel_last_glif(raw: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """:func:`reference_glif` on glif_jax's layout ``(T, ..., C)``, with the sigmoids taken once
+    and the spikes stacked at the end: the faster of the two on a CPU.
+
+    Args:
+      raw: the raw parameters, as :func:`reference_glif` takes them.
+      x: the input current ``(T, ..., C)``.
+
+    Returns:
+      The spikes ``(T, ..., C)``, in ``x``'s dtype.
+    """
+    coefficients = [torch.sigmoid(raw[name]) for name in _STEP_KEYS]
+    u = torch.zeros_like(x[0])
+    o = torch.zeros_like(x[0])
+    spikes = []
+    for t in range(x.shape[0]):
+        u, o = glif_update(coefficients, u, o, x[t], torch.sigmoid(raw["conduct"][t]))
+        spikes.append(o)
+    return torch.stack(spikes)
 
 
 class LIFSpikeCW(nn.Module):
@@ -242,194 +259,6 @@ class SeqToANNContainer(nn.Sequential):
         steps, batch = x.shape[:2]
         y = super().forward(x.flatten(0, 1).contiguous())
         return y.view(steps, batch, *y.shape[1:])
-
-
-def seq_to_ann(fn, x):
-    """``fn`` on every frame: time folded into the batch, row ``t·B + b``.
-
-    Args:
-      fn: a function of ``(T·B, ...)``.
-      x: ``(T, B, ...)``.
-
-    Returns:
-      ``fn``'s output, unfolded to ``(T, B, ...)``.
-    """
-    steps, batch = x.shape[:2]
-    y = fn(x.reshape(steps * batch, *x.shape[2:]))
-    return y.reshape(steps, batch, *y.shape[1:])
-
-
-# ------------------------------------------------------------------------------------------------
-# Forward functions over a state dict
-
-
-class Transcription:
-    """The layers of a reference network over its state dict ``state``.
-
-    ``training`` selects batch statistics; the running statistics that the reference would
-    store after this forward pass are collected in ``updated`` (reference names).
-    """
-
-    def __init__(self, state: dict, training: bool):
-        self.state = state
-        self.training = training
-        self.updated: dict[str, torch.Tensor] = {}
-
-    def bn(self, prefix: str, x, alpha: float):
-        """tdBN (plain BN without a ``Vth`` buffer) ``prefix`` on frames ``(T·B, C, H, W)``."""
-        s = self.state
-        y, updated = td_batch_norm(
-            x,
-            s[prefix + "weight"],
-            s[prefix + "bias"],
-            s[prefix + "running_mean"],
-            s[prefix + "running_var"],
-            vth=s.get(prefix + "Vth"),
-            alpha=alpha,
-            training=self.training,
-        )
-        for key, value in updated.items():
-            self.updated[prefix + key] = value
-        if updated:
-            self.updated[prefix + "num_batches_tracked"] = s[prefix + "num_batches_tracked"] + 1
-        return y
-
-    def conv_bn(self, prefix: str, x, stride: int, alpha: float = 1.0):
-        """Conv ``prefix + "0."`` then tdBN ``prefix + "1."`` on ``(T, B, C, H, W)``."""
-        weight = self.state[prefix + "0.weight"]
-        padding = weight.shape[-1] // 2
-
-        def frames(y):
-            y = F.conv2d(y, weight, stride=stride, padding=padding)
-            return self.bn(prefix + "1.", y, alpha)
-
-        return seq_to_ann(frames, x)
-
-    def glif(self, prefix: str, x):
-        """The GLIF layer ``prefix`` on ``(T, B, C, ...)``."""
-        return reference_glif({key: self.state[prefix + key] for key in GLIF_KEYS}, x)
-
-    def shortcut(self, prefix: str, x, stride: int):
-        """A block's shortcut: conv 1×1 then tdBN, or tdBN alone when it has no conv."""
-        if prefix + "0.0.weight" in self.state:
-            return self.conv_bn(prefix + "0.", x, stride, SHORTCUT_ALPHA)
-        return seq_to_ann(lambda y: self.bn(prefix + "0.", y, SHORTCUT_ALPHA), x)
-
-
-def post_activation_block(net: Transcription, prefix: str, x, stride: int):
-    """§3.1: GLIF(tdBN_{1/√2}(conv(GLIF(tdBN(conv_s(x))))) + shortcut(x)).
-
-    Args:
-      net: the layers.
-      prefix: the block's name with its trailing dot, e.g. ``"features.3."``.
-      x: the input spikes ``(T, B, C, H, W)``.
-      stride: s.
-
-    Returns:
-      The block's spikes.
-    """
-    body = net.conv_bn(prefix + "body.0.", x, stride)
-    body = net.glif(prefix + "body.1.", body)
-    body = net.conv_bn(prefix + "body.2.", body, 1, SHORTCUT_ALPHA)
-    return net.glif(prefix + "lif.", body + net.shortcut(prefix + "downsample.", x, stride))
-
-
-def membrane_shortcut_block(net: Transcription, prefix: str, x, stride: int):
-    """§3.5: tdBN_{1/√2}(conv(GLIF(tdBN(conv_s(GLIF(x)))))) + shortcut(x), no GLIF after.
-
-    Args:
-      net: the layers.
-      prefix: the block's name with its trailing dot.
-      x: the input membrane potentials ``(T, B, C, H, W)``.
-      stride: s.
-
-    Returns:
-      The block's output, real-valued.
-    """
-    body = net.glif(prefix + "body.0.", x)
-    body = net.conv_bn(prefix + "body.1.", body, stride)
-    body = net.glif(prefix + "body.2.", body)
-    body = net.conv_bn(prefix + "body.3.", body, 1, SHORTCUT_ALPHA)
-    return body + net.shortcut(prefix + "downsample.", x, stride)
-
-
-def resnet_forward(
-    state: dict,
-    images,
-    *,
-    time_steps: int,
-    block_strides,
-    membrane_shortcut: bool = False,
-    stem_stride: int = 1,
-    stem_padding: int = 1,
-    training: bool = False,
-):
-    """Logits ``(B, n)`` of a reference ResNet on normalised images ``(B, C, H, W)``.
-
-    Args:
-      state: the reference state dict, torch tensors.
-      images: ``(B, C, H, W)``.
-      time_steps: T.
-      block_strides: the stride of every block, in order (the state dict does not hold them).
-      membrane_shortcut: MS blocks (§3.5) instead of post-activation ones.
-      stem_stride, stem_padding: the stem convolution's.
-      training: batch statistics (else the running ones).
-
-    Returns:
-      ``(logits, updated running statistics)``.
-    """
-    net = Transcription(state, training)
-    x = images.unsqueeze(0).repeat(time_steps, 1, 1, 1, 1)
-    weight = state["conv1.0.0.weight"]
-    x = seq_to_ann(
-        lambda y: net.bn(
-            "conv1.0.1.", F.conv2d(y, weight, stride=stem_stride, padding=stem_padding), 1.0
-        ),
-        x,
-    )
-    x = net.glif("conv1.1.", x)
-    block = membrane_shortcut_block if membrane_shortcut else post_activation_block
-    for i, stride in enumerate(block_strides):
-        x = block(net, f"features.{i}.", x, stride)
-    features = x.mean((3, 4))  # AdaptiveAvgPool2d(1), then view(T, B, C)
-    j = 0
-    while f"lastave.{j}.weight" in state:
-        features = F.linear(features, state[f"lastave.{j}.weight"])
-        j += 1
-    return features.mean(0), net.updated
-
-
-def sew_forward(state: dict, frames, *, layer_list, training: bool = False):
-    """Logits ``(B, n)`` of the reference's SEW 7B-wideNet on frames ``(B, T, C, H, W)``.
-
-    Args:
-      state: the reference state dict, torch tensors.
-      frames: ``(B, T, C, H, W)``.
-      layer_list: ``(channels, pool)`` per SEW block, as the reference's ``layer_list``.
-      training: batch statistics (else the running ones).
-
-    Returns:
-      ``(logits, updated running statistics)``.
-    """
-    net = Transcription(state, training)
-
-    def cba(prefix, x):
-        return net.glif(prefix + "1.", net.conv_bn(prefix + "0.", x, 1))
-
-    x = frames.permute(1, 0, 2, 3, 4)
-    index, c_in = 0, x.shape[2]
-    for channels, pool in layer_list:
-        if channels != c_in:
-            x = cba(f"conv.{index}.", x)
-            index, c_in = index + 1, channels
-        out = cba(f"conv.{index}.conv.1.", cba(f"conv.{index}.conv.0.", x))
-        x = out + x  # connect_f 'ADD'
-        index += 1
-        if pool:
-            x = seq_to_ann(lambda y: F.avg_pool2d(y, 2, 2), x)
-            index += 1
-    features = x.flatten(2).mean(0)
-    return F.linear(features, state["out.weight"], state["out.bias"]), net.updated
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,35 +1,29 @@
 """End-to-end training steps: glif_jax's against the reference's, as PyTorch runs it.
 
-For each T, batch size and compute dtype, one run times:
+:func:`measure` times one training step of the reference's recipe for each T, batch size and
+compute dtype (the columns: :data:`COLUMNS`):
 
-- **glif_jax**: the project's step (:func:`experiments.train.train_step` on the state of
-  :func:`experiments.train.create_train_state`, the reference's recipe of ``experiments/configs``),
-  jitted with the state donated, compiled ahead of time;
-- **pytorch eager**: the same network, weights, recipe and batch in the independent PyTorch
-  transcription (:mod:`experiments.benchmarks.torch_networks`: the per-step GLIF loop over
-  ``(T, B, C, H, W)``, tdBN, SGD with the reference's three parameter groups), as the reference
-  code runs it: eager, cuDNN deterministic with its benchmark mode off (the reference's
-  ``seed_all``), bfloat16 through ``torch.autocast`` (the reference's ``--amp`` path);
-- **pytorch compiled**: the same under ``torch.compile`` (default mode); a failure is reported as
-  a row with its error.
+- **glif_jax**: :func:`experiments.train.train_step` on the state of
+  :func:`experiments.train.create_train_state`, jitted with the state donated, compiled ahead of
+  time (:class:`JaxStep`);
+- **pytorch eager**: the same network, weights, recipe and batch in the PyTorch transcription
+  (:mod:`experiments.benchmarks.torch_networks`), as the reference code runs it: eager, cuDNN
+  deterministic with its benchmark mode off (the reference's ``seed_all``), bfloat16 through
+  ``torch.autocast`` (the reference's ``--amp`` path);
+- **pytorch compiled**: the same under ``torch.compile`` (default mode); a failure is a row with
+  its error.
 
-Every row has the step's best and median wall time over the timed steps, images/s, the peak
-device memory, and the convolutions' achieved TFLOP/s: 3 × 2 × the forward convolutions' MACs
-(:func:`glif_jax.analysis.count_macs`) × T × batch per step (the forward convolution and the two
-of its backward pass), over the best step time, and that over the device's peak. The precision
-each side's convolutions run in is stated in the row (JAX's default matmul precision; PyTorch's
-TF32 switches). The glif_jax rows carry the images/s ratios to both PyTorch rows of the setting.
+Besides the step's best and median wall time and images/s, a row has the convolutions' TFLOP/s
+(3 × 2 × the forward convolutions' MACs × T × batch per step: the forward convolution and the two
+of its backward pass) and its fraction of the device's peak, the peak memory (glif_jax: the
+device's high-water mark when it rose during the setting, as it does when the settings grow,
+else XLA's account of the compiled step; PyTorch: ``torch.cuda.max_memory_allocated``) and the
+precision each side's convolutions may use.
 
-Memory of glif_jax is the device's high-water mark (``memory_stats()['peak_bytes_in_use']``)
-when it rose during the setting, as it does when the settings grow (T and batch increase within
-each dtype); otherwise, and off GPU, XLA's own account of the compiled step
-(``memory_analysis()``: arguments and outputs not aliased, plus ``temp``, the scratch the step
-needs, mostly the activations kept for the backward pass). PyTorch's is
-``torch.cuda.max_memory_allocated``.
-
-:func:`max_batch` finds the largest batch that fits on the device, for each framework, T and
-with or without recomputation (``remat``; ``torch.utils.checkpoint`` per block on the PyTorch
-side): doubling, then bisection, one training step per probe, out-of-memory errors caught.
+:func:`max_batch` finds the largest batch of a step that fits on the device
+(:data:`MAX_BATCH_COLUMNS`), for each framework, T and with or without recomputation: doubling,
+then bisection (:func:`search_max_batch`), one training step per probe, out-of-memory errors
+caught.
 """
 
 from __future__ import annotations
@@ -64,49 +58,40 @@ PEAK_TFLOPS = {
 }
 """Peak TFLOP/s by a substring of the device's name, then by compute dtype."""
 
+TORCH_MODELS = ("resnet19",)
+"""The networks the PyTorch transcription has."""
+
 TORCH_VARIANTS = ("eager", "compiled")
 
-COLUMNS = (
-    "framework",
-    "T",
-    "batch",
-    "dtype",
-    "remat",
-    "compile_s",
-    "step_ms",
-    "median_step_ms",
-    "images/s",
-    "conv_TFLOP/s",
-    "of_peak",
-    "peak_MiB",
-    "peak_source",
-    "temp_MiB",
-    "peak_vs_no_remat",
-    "vs_eager",
-    "vs_compiled",
-    "jax_matmul_precision",
-    "torch_matmul_tf32",
-    "torch_cudnn_tf32",
-    "autocast",
-    "loss_finite",
-    "error",
+COLUMNS = tuple(
+    """framework T batch dtype remat compile_s step_ms median_step_ms images/s conv_TFLOP/s
+    of_peak peak_MiB peak_source temp_MiB peak_vs_no_remat vs_eager vs_compiled
+    jax_matmul_precision torch_matmul_tf32 torch_cudnn_tf32 autocast loss_finite error""".split()
 )
-"""The columns of a timing row, in table order."""
+"""The columns of a row of :func:`measure`, in table order."""
 
-MAX_BATCH_COLUMNS = (
-    "framework",
-    "T",
-    "remat",
-    "dtype",
-    "max_batch",
-    "first_failure",
-    "exact",
-    "probes",
-    "linear_estimate",
-    "search_s",
-    "note",
+MAX_BATCH_COLUMNS = tuple(
+    """framework T remat dtype max_batch first_failure exact probes linear_estimate search_s
+    note""".split()
 )
-"""The columns of a row of :func:`max_batch`."""
+"""The columns of a row of :func:`max_batch`, in table order."""
+
+SKIPPED = "skipped: the time budget was spent"
+
+# Errors that say a batch does not fit besides running out of memory: cuDNN's 32-bit indexing
+# refuses tensors of 2³¹ elements and more.
+_SIZE_LIMITS = ("CUDNN_STATUS_NOT_SUPPORTED", "CUDNN_STATUS_BAD_PARAM", "canUse32BitIndexMath")
+
+# XLA's allocator in a process that runs a glif_jax search: one pool of most of the device,
+# allocated at start, like PyTorch's caching allocator free to use the whole device.
+_JAX_SEARCH_ENVIRONMENT = {
+    "XLA_PYTHON_CLIENT_PREALLOCATE": "true",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.92",
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Settings and rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,11 +102,10 @@ class Setting:
       model: a name of :func:`glif_jax.models.names`, e.g. ``"resnet19"``.
       time_steps: T.
       batch: images per step.
-      dtype: the compute dtype, ``"float32"`` or ``"bfloat16"`` (``config.compute_dtype``).
-      image_shape: ``(H, W, C)`` of an image.
+      dtype: the compute dtype, ``"float32"`` or ``"bfloat16"``.
+      image_shape: ``(H, W, C)``.
       remat: recompute each block in the backward pass.
-      model_options: extra options of the model (e.g. ``stem_channels``), as ``(key, value)``
-        pairs.
+      model_options: extra options of the model, ``(key, value)`` pairs.
     """
 
     model: str
@@ -134,14 +118,8 @@ class Setting:
 
 
 def make_config(setting: Setting):
-    """The experiment config of ``setting``: the reference's recipe (``base_config``).
-
-    Args:
-      setting: the configuration.
-
-    Returns:
-      An ``ml_collections.ConfigDict``.
-    """
+    """The experiment config (``ml_collections.ConfigDict``) of ``setting``: the reference's
+    recipe (``base_config``) for its network and sizes."""
     config = base_config()
     config.model, config.time_steps = setting.model, setting.time_steps
     config.batch_size = setting.batch
@@ -153,131 +131,30 @@ def make_config(setting: Setting):
     return config
 
 
-def has_torch_transcription(model: str) -> bool:
-    """Whether :mod:`~experiments.benchmarks.torch_networks` has a trainable ``model``.
-
-    Args:
-      model: a name of :func:`glif_jax.models.names`.
-
-    Returns:
-      True for ``"resnet19"``.
-    """
-    return model == "resnet19"
-
-
-def torch_available() -> bool:
-    """Whether PyTorch can be imported.
-
-    Returns:
-      True when ``import torch`` succeeds.
-    """
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def peak_tflops(dtype: str, override: float | None = None) -> float | None:
-    """The device's peak TFLOP/s for ``dtype`` convolutions.
-
-    Args:
-      dtype: ``"float32"`` (TF32 tensor cores) or ``"bfloat16"``.
-      override: the value to use (``None``: look the device up in :data:`PEAK_TFLOPS`).
-
-    Returns:
-      The peak, or ``None`` for a device not in the table (every CPU).
-    """
-    if override is not None:
-        return override
-    device = jax.devices()[0]
-    if device.platform != "gpu":
-        return None
-    kind = getattr(device, "device_kind", "")
-    for name, peaks in PEAK_TFLOPS.items():
-        if name in kind:
-            return peaks.get(dtype)
-    return None
-
-
-def conv_flops(model, image_shape: Sequence[int], time_steps: int, batch: int) -> float:
-    """Convolution FLOPs of one training step: 3 × 2 × forward conv MACs × T × batch.
-
-    The forward pass's convolutions, and in the backward pass the gradient with respect to
-    their input and to their kernel, each as many multiply-accumulates (the stem's input
-    gradient, which no one computes, included).
-
-    Args:
-      model: the network (an NNX module).
-      image_shape: ``(H, W, C)``.
-      time_steps: T.
-      batch: images per step.
-
-    Returns:
-      FLOPs (2 per multiply-accumulate).
-    """
-    from glif_jax import analysis
-
-    layers = analysis.count_macs(model, (1, *image_shape))
-    macs = sum(_macs_of(layer) for layer in layers if _kind_of(layer) == "conv")
-    return 3 * 2 * macs * time_steps * batch
-
-
-def _kind_of(layer) -> str:
-    return layer["kind"] if isinstance(layer, Mapping) else layer[1]
-
-
-def _macs_of(layer) -> float:
-    return float(layer["macs"] if isinstance(layer, Mapping) else layer[2])
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is a device running out of memory.
-
-    Args:
-      error: an exception of a training step or of its compilation.
-
-    Returns:
-      True for XLA's ``RESOURCE_EXHAUSTED`` (``jax.errors.JaxRuntimeError``),
-      ``torch.cuda.OutOfMemoryError`` and other errors that say "out of memory".
-    """
-    if type(error).__name__ == "OutOfMemoryError":
-        return True
-    text = str(error)
-    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
-
-
-_SIZE_LIMITS = ("CUDNN_STATUS_NOT_SUPPORTED", "CUDNN_STATUS_BAD_PARAM", "canUse32BitIndexMath")
-
-
-def _too_large(error: BaseException) -> bool:
-    """Whether ``error`` says the batch does not fit: out of memory, or past a library's size
-    limit (cuDNN's 32-bit indexing refuses tensors of 2³¹ elements and more)."""
-    return is_out_of_memory(error) or any(marker in str(error) for marker in _SIZE_LIMITS)
-
-
-def _error_text(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
+def torch_recipe(setting: Setting) -> dict[str, float]:
+    """The keyword arguments of
+    :func:`~experiments.benchmarks.torch_networks.reference_optimizer` for glif_jax's optimizer
+    of ``setting``."""
+    config = make_config(setting)
+    return {
+        "learning_rate": config.learning_rate,
+        "momentum": config.momentum,
+        "weight_decay": config.weight_decay,
+        "gate_lr_scale": config.gate_lr_scale,
+    }
 
 
 def batch_arrays(setting: Setting, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """A random batch of ``setting``'s size, the same for glif_jax and PyTorch.
-
-    Args:
-      setting: its ``batch`` and ``image_shape``.
-      seed: of NumPy's generator.
-
-    Returns:
-      Normalised images ``(B, H, W, C)`` float32 (standard normal) and labels ``(B,)`` int32.
-    """
+    """A random batch of ``setting``'s size, the same for glif_jax and PyTorch: normalised
+    images ``(B, H, W, C)`` float32 (standard normal) and labels ``(B,)`` int32."""
     rng = np.random.default_rng(seed)
     images = rng.normal(size=(setting.batch, *setting.image_shape)).astype(np.float32)
     labels = rng.integers(0, NUM_CLASSES, setting.batch).astype(np.int32)
     return images, labels
 
 
-def new_row(setting: Setting, framework: str) -> dict[str, Any]:
+def new_row(setting: Setting, framework: str, error: str | None = None) -> dict[str, Any]:
+    """A row of :data:`COLUMNS` for ``setting``, with only its setting (and ``error``) filled."""
     row = dict.fromkeys(COLUMNS)
     row.update(
         framework=framework,
@@ -285,17 +162,108 @@ def new_row(setting: Setting, framework: str) -> dict[str, Any]:
         batch=setting.batch,
         dtype=setting.dtype,
         remat=setting.remat,
+        error=error,
     )
     return row
 
 
-def _rates(row: dict, flops: float | None, peak: float | None) -> None:
-    """Fill images/s, conv TFLOP/s and the fraction of peak from ``row["step_ms"]``."""
-    seconds = row["step_ms"] / 1e3
+def _fill_times(row: dict, times: Sequence[float], flops: float | None, peak: float | None):
+    """Fill the step times from ``times`` (seconds), and the rates of the best one: images/s,
+    conv TFLOP/s and the fraction of ``peak``."""
+    seconds = min(times)
+    row["step_ms"] = 1e3 * seconds
+    row["median_step_ms"] = 1e3 * statistics.median(times)
     row["images/s"] = row["batch"] / seconds
     if flops:
         row["conv_TFLOP/s"] = flops / seconds / 1e12
         row["of_peak"] = row["conv_TFLOP/s"] / peak if peak else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def annotate(rows: list[dict]) -> None:
+    """Fill ``vs_eager``/``vs_compiled`` (images/s of each glif_jax row over its setting's
+    PyTorch rows) and ``peak_vs_no_remat`` (peak memory with recomputation over that without)."""
+    by_key = {(r["framework"], r["T"], r["batch"], r["dtype"], r["remat"]): r for r in rows}
+    for row in rows:
+        key = (row["T"], row["batch"], row["dtype"], row["remat"])
+        if row["framework"] == "glif_jax":
+            for variant in TORCH_VARIANTS:
+                other = by_key.get((f"pytorch {variant}", *key))
+                row[f"vs_{variant}"] = _ratio(row["images/s"], other and other["images/s"])
+        if row["remat"]:
+            plain = by_key.get((row["framework"], *key[:3], False))
+            row["peak_vs_no_remat"] = _ratio(row["peak_MiB"], plain and plain["peak_MiB"])
+
+
+def sorted_rows(rows: list[dict]) -> list[dict]:
+    """``rows`` by T, batch, dtype, remat, then glif_jax, PyTorch eager and compiled."""
+    order = {"glif_jax": 0, "pytorch eager": 1, "pytorch compiled": 2}
+    return sorted(
+        rows,
+        key=lambda r: (r["T"], r["batch"], r["dtype"], r["remat"], order.get(r["framework"], 3)),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The machine
+
+
+def torch_device() -> str:
+    """Where the PyTorch rows run: ``"cuda"`` when PyTorch sees a GPU, else ``"cpu"``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def peak_tflops(dtype: str, override: float | None = None) -> float | None:
+    """The device's peak TFLOP/s for ``dtype`` convolutions: ``override`` when given, else from
+    :data:`PEAK_TFLOPS` (``None`` for a device not in it, every CPU included)."""
+    if override is not None:
+        return override
+    device = jax.devices()[0]
+    if device.platform != "gpu":
+        return None
+    for name, peaks in PEAK_TFLOPS.items():
+        if name in getattr(device, "device_kind", ""):
+            return peaks.get(dtype)
+    return None
+
+
+def conv_flops(model, image_shape: Sequence[int], time_steps: int, batch: int) -> float:
+    """Convolution FLOPs (2 per multiply-accumulate) of one training step of ``model`` (an NNX
+    module): 3 × 2 × forward conv MACs × T × batch.
+
+    The forward pass's convolutions, and in the backward pass the gradient with respect to their
+    input and to their kernel, each as many multiply-accumulates (the stem's input gradient,
+    which no one computes, included).
+    """
+    from glif_jax import analysis
+
+    layers = analysis.count_macs(model, (1, *image_shape))
+    macs = sum(macs for _, kind, macs in layers if kind == "conv")
+    return 3 * 2 * macs * time_steps * batch
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` (of a training step or of its compilation) is the device running out of
+    memory: XLA's ``RESOURCE_EXHAUSTED``, ``torch.cuda.OutOfMemoryError``, or any error that
+    says "out of memory"."""
+    if type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error)
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def _error_text(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.time() > deadline
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,11 +271,8 @@ def _rates(row: dict, flops: float | None, peak: float | None) -> None:
 
 
 class JaxStep:
-    """glif_jax's training step of one setting: the state, the jitted step, the network.
-
-    Args:
-      setting: the configuration.
-    """
+    """glif_jax's training step of a setting, jitted with the state donated, and its state (the
+    batch size is no part of either)."""
 
     def __init__(self, setting: Setting):
         self.setting = setting
@@ -332,26 +297,29 @@ class JaxStep:
         return nnx.merge(self.graphs.train, self.state.params, self.state.batch_stats)
 
     def reference_state_dict(self) -> dict[str, np.ndarray]:
-        """The current weights and statistics in the reference's layout.
-
-        Returns:
-          ``{name: NumPy array}`` (:func:`glif_jax.interop.export_reference_state_dict`).
-        """
+        """The current weights and statistics in the reference's layout
+        (:func:`glif_jax.interop.export_reference_state_dict`)."""
         from glif_jax import interop
 
         return interop.export_reference_state_dict(self.model())
 
-    def batch(self, images: np.ndarray, labels: np.ndarray) -> dict[str, jax.Array]:
-        """The batch on the device.
 
-        Args:
-          images: ``(B, H, W, C)``.
-          labels: ``(B,)``.
+def _jax_batch(setting: Setting) -> dict[str, jax.Array]:
+    """:func:`batch_arrays` on the device, as :func:`experiments.train.train_step` takes them."""
+    images, labels = batch_arrays(setting)
+    return {"image": jnp.asarray(images), "label": jnp.asarray(labels, jnp.int32)}
 
-        Returns:
-          ``{"image", "label"}`` as :func:`experiments.train.train_step` takes them.
-        """
-        return {"image": jnp.asarray(images), "label": jnp.asarray(labels, jnp.int32)}
+
+def _xla_memory(compiled) -> tuple[int, int] | None:
+    """XLA's account of a compiled step: the bytes of its arguments and outputs not aliased, and
+    of its scratch (``temp``); ``None`` where XLA gives none."""
+    memory = compiled.memory_analysis()
+    if memory is None:
+        return None
+    resident = (
+        memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+    )
+    return resident, memory.temp_size_in_bytes
 
 
 def _device_peak_bytes() -> int | None:
@@ -359,86 +327,76 @@ def _device_peak_bytes() -> int | None:
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
+def _time_jax(runner: JaxStep, compiled, data, repeats: int) -> tuple[list[float], jax.Array]:
+    """One warm-up step, then ``repeats`` timed ones; the state moves on in ``runner.state``.
+
+    Returns:
+      The timed steps' wall times in seconds, and the last loss.
+    """
+    state, times = runner.state, []
+    runner.state = None  # donated below
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        state, metrics = compiled(state, data)
+        jax.block_until_ready(metrics["loss"])
+        if i:
+            times.append(time.perf_counter() - start)
+    runner.state = state
+    return times, metrics["loss"]
+
+
 def measure_jax(
     runner: JaxStep,
-    images: np.ndarray,
-    labels: np.ndarray,
+    setting: Setting,
     repeats: int,
     *,
-    flops: float | None,
-    peak: float | None,
+    flops: float | None = None,
+    peak: float | None = None,
 ) -> dict[str, Any]:
-    """Compile and run glif_jax's step: one warm-up step, then ``repeats`` timed ones.
+    """Compile glif_jax's step for ``setting``'s batch and time it: one warm-up step, then
+    ``repeats`` timed ones.
 
     Args:
-      runner: the step; its state is consumed.
-      images, labels: the batch.
+      runner: the step of ``setting``'s network; its state is consumed.
+      setting: the configuration.
       repeats: timed steps.
       flops: convolution FLOPs of a step (:func:`conv_flops`).
       peak: the device's peak TFLOP/s (``None``: unknown).
 
     Returns:
-      One row of :data:`COLUMNS`.
+      One row of :data:`COLUMNS`; a failure fills its ``error``.
     """
-    row = new_row(runner.setting, "glif_jax")
+    row = new_row(setting, "glif_jax")
     row["jax_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
     try:
-        data = runner.batch(images, labels)
+        data = _jax_batch(setting)
         start = time.perf_counter()
         compiled = runner.step.lower(runner.state, data).compile()
         row["compile_s"] = time.perf_counter() - start
-        memory = compiled.memory_analysis()
-        xla_peak = None
-        if memory is not None:
-            xla_peak = (
-                memory.argument_size_in_bytes
-                + memory.output_size_in_bytes
-                - memory.alias_size_in_bytes
-                + memory.temp_size_in_bytes
-            )
-            row["temp_MiB"] = memory.temp_size_in_bytes / 2**20
+        xla = _xla_memory(compiled)
+        if xla is not None:
+            row["temp_MiB"] = xla[1] / 2**20
         device_before = _device_peak_bytes()
-        state, times = runner.state, []
-        runner.state = None  # donated below
-        for i in range(repeats + 1):
-            start = time.perf_counter()
-            state, metrics = compiled(state, data)
-            jax.block_until_ready(metrics["loss"])
-            if i:
-                times.append(time.perf_counter() - start)
-        runner.state = state
+        times, loss = _time_jax(runner, compiled, data, repeats)
         device_after = _device_peak_bytes()
         if device_after is not None and device_before is not None and device_after > device_before:
             row["peak_MiB"], row["peak_source"] = device_after / 2**20, "device"
-        elif xla_peak is not None:
-            row["peak_MiB"], row["peak_source"] = xla_peak / 2**20, "xla"
-        row["step_ms"] = 1e3 * min(times)
-        row["median_step_ms"] = 1e3 * statistics.median(times)
-        row["loss_finite"] = bool(jnp.isfinite(metrics["loss"]))
-        _rates(row, flops, peak)
+        elif xla is not None:
+            row["peak_MiB"], row["peak_source"] = sum(xla) / 2**20, "xla"
+        row["loss_finite"] = bool(jnp.isfinite(loss))
+        _fill_times(row, times, flops, peak)
         timing.progress(
             f"training glif_jax T={row['T']} B={row['batch']} {row['dtype']} "
             f"remat={row['remat']}: {row['step_ms']:.1f} ms/step"
         )
     except Exception as error:  # one failing setting must not end the run
         row["error"] = _error_text(error)
-        timing.progress(f"training glif_jax {runner.setting}: {row['error']}")
+        timing.progress(f"training glif_jax {setting}: {row['error']}")
     return row
 
 
 # ------------------------------------------------------------------------------------------------
 # PyTorch
-
-
-def torch_device() -> str:
-    """Where the PyTorch rows run.
-
-    Returns:
-      ``"cuda"`` when PyTorch sees a GPU, else ``"cpu"``.
-    """
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @contextlib.contextmanager
@@ -462,46 +420,68 @@ def _release_torch_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def torch_recipe(setting: Setting) -> dict[str, float]:
-    """The hyperparameters of glif_jax's optimizer for ``setting``, for PyTorch's.
+def _torch_batch(setting: Setting, device: str):
+    """:func:`batch_arrays` as PyTorch's network takes them: images ``(B, C, H, W)``, labels
+    int64."""
+    import torch
 
-    Args:
-      setting: the configuration (its config's recipe keys are read).
+    images, labels = batch_arrays(setting)
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+    return x, torch.from_numpy(labels.astype(np.int64)).to(device)
+
+
+def _time_torch(setting, state_dict, repeats, variant) -> tuple[list[float], list[float], float]:
+    """Build PyTorch's network and optimizer from ``state_dict`` and run the warm-up steps, then
+    ``repeats`` timed ones, each waited for.
 
     Returns:
-      The keyword arguments of
-      :func:`~experiments.benchmarks.torch_networks.reference_optimizer`.
+      The warm-up steps' and the timed steps' wall times in seconds, and the last loss.
     """
-    config = make_config(setting)
-    return {
-        "learning_rate": config.learning_rate,
-        "momentum": config.momentum,
-        "weight_decay": config.weight_decay,
-        "gate_lr_scale": config.gate_lr_scale,
-    }
+    import torch
+
+    from experiments.benchmarks import torch_networks
+
+    device = torch_device()
+    model = torch_networks.resnet19_from_state_dict(state_dict, remat=setting.remat, device=device)
+    optimizer = torch_networks.reference_optimizer(model, **torch_recipe(setting))
+    forward = model
+    if variant == "compiled":
+        torch._dynamo.reset()  # a fresh compilation, timed in the first step
+        forward = torch.compile(model)
+    autocast = torch.bfloat16 if setting.dtype == "bfloat16" else None
+    x, y = _torch_batch(setting, device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    # The compiled step gets a second warm-up step, for a recompilation on the second call
+    # (guards on state that the first call changed).
+    warmup = 2 if variant == "compiled" else 1
+    times = []
+    for _ in range(repeats + warmup):
+        start = time.perf_counter()
+        loss = torch_networks.train_step(forward, optimizer, x, y, autocast_dtype=autocast)
+        value = loss.item()  # waits for the step, as the reference's logging does
+        times.append(time.perf_counter() - start)
+    return times[:warmup], times[warmup:], value
 
 
 def measure_torch(
     setting: Setting,
     state_dict: Mapping[str, np.ndarray],
-    images: np.ndarray,
-    labels: np.ndarray,
     repeats: int,
     *,
     variant: str = "eager",
     flops: float | None = None,
     peak: float | None = None,
 ) -> dict[str, Any]:
-    """Run the PyTorch transcription's step: one warm-up step (the compilation, for
-    ``"compiled"``), then ``repeats`` timed ones.
+    """Time the PyTorch transcription's step: one warm-up step (two for ``"compiled"``, the first
+    of them the compilation), then ``repeats`` timed ones.
 
     Args:
-      setting: the configuration (its ``model`` must be ``"resnet19"``).
+      setting: the configuration (its ``model`` one of :data:`TORCH_MODELS`).
       state_dict: the initial weights in the reference's layout (e.g. glif_jax's, exported).
-      images, labels: the batch, ``(B, H, W, C)`` (laid out as ``(B, C, H, W)`` here).
       repeats: timed steps.
-      variant: ``"eager"`` or ``"compiled"`` (``torch.compile``, default mode, with a second
-        untimed step).
+      variant: ``"eager"`` or ``"compiled"`` (``torch.compile``, default mode).
       flops: convolution FLOPs of a step (:func:`conv_flops`).
       peak: the device's peak TFLOP/s (``None``: unknown).
 
@@ -518,8 +498,14 @@ def measure_torch(
         if variant not in TORCH_VARIANTS:
             raise ValueError(f"unknown PyTorch variant {variant!r}; expected {TORCH_VARIANTS}")
         with _reference_cudnn():
-            _time_torch(row, setting, state_dict, images, labels, repeats, variant)
-        _rates(row, flops, peak)
+            warmup, times, loss = _time_torch(setting, state_dict, repeats, variant)
+        if variant == "compiled":
+            row["compile_s"] = max(warmup[0] - statistics.median(times), 0.0)
+        if torch_device() == "cuda":
+            row["peak_MiB"] = torch.cuda.max_memory_allocated() / 2**20
+            row["peak_source"] = "torch.cuda"
+        row["loss_finite"] = math.isfinite(loss)
+        _fill_times(row, times, flops, peak)
         timing.progress(
             f"training pytorch {variant} T={row['T']} B={row['batch']} {row['dtype']}: "
             f"{row['step_ms']:.1f} ms/step"
@@ -534,82 +520,79 @@ def measure_torch(
     return row
 
 
-def _time_torch(row, setting, state_dict, images, labels, repeats, variant) -> None:
-    """The timed steps of :func:`measure_torch`, into ``row``."""
-    import torch
-
-    from experiments.benchmarks import torch_networks
-
-    device = torch_device()
-    model = torch_networks.resnet19_from_state_dict(state_dict, remat=setting.remat, device=device)
-    optimizer = torch_networks.reference_optimizer(model, **torch_recipe(setting))
-    forward = model
-    if variant == "compiled":
-        torch._dynamo.reset()  # a fresh compilation, timed in the first step
-        forward = torch.compile(model)
-    autocast = torch.bfloat16 if setting.dtype == "bfloat16" else None
-    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
-    y = torch.from_numpy(labels.astype(np.int64)).to(device)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    # The compiled step gets a second warm-up step, for a recompilation on the second call
-    # (guards on state that the first call changed).
-    warmup = 2 if variant == "compiled" else 1
-    times = []
-    for _ in range(repeats + warmup):
-        start = time.perf_counter()
-        loss = torch_networks.train_step(forward, optimizer, x, y, autocast_dtype=autocast)
-        value = loss.item()  # waits for the step, as the reference's logging does
-        times.append(time.perf_counter() - start)
-    first, times = times[0], times[warmup:]
-    row["step_ms"] = 1e3 * min(times)
-    row["median_step_ms"] = 1e3 * statistics.median(times)
-    if variant == "compiled":
-        row["compile_s"] = max(first - statistics.median(times), 0.0)
-    if device == "cuda":
-        row["peak_MiB"] = torch.cuda.max_memory_allocated() / 2**20
-        row["peak_source"] = "torch.cuda"
-    row["loss_finite"] = math.isfinite(value)
-
-
 # ------------------------------------------------------------------------------------------------
 # The timing grid
 
 
-def _skipped(setting: Setting, framework: str) -> dict[str, Any]:
-    row = new_row(setting, framework)
-    row["error"] = "skipped: the time budget was spent"
-    return row
+class _Table:
+    """The rows measured so far; after each new one, all are annotated and handed, sorted, to
+    ``on_rows`` (to save partial results)."""
+
+    def __init__(self, on_rows: Callable[[list[dict]], None] | None):
+        self.rows: list[dict] = []
+        self.on_rows = on_rows
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        annotate(self.rows)
+        if self.on_rows is not None:
+            self.on_rows(sorted_rows(self.rows))
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a and b else None
+@dataclasses.dataclass(frozen=True)
+class _TorchStart:
+    """What the PyTorch rows of one T and dtype take from glif_jax's."""
+
+    weights: dict[str, np.ndarray] | None  # the initial weights, in the reference's layout
+    flops_per_image: float  # of the convolutions, per training step
 
 
-def annotate(rows: list[dict]) -> None:
-    """Images/s of each glif_jax row over its setting's PyTorch rows; peak memory with
-    recomputation over that without."""
-    by_key = {}
-    for row in rows:
-        by_key[row["framework"], row["T"], row["batch"], row["dtype"], row["remat"]] = row
-    for row in rows:
-        key = (row["T"], row["batch"], row["dtype"], row["remat"])
-        if row["framework"] == "glif_jax":
-            for variant in TORCH_VARIANTS:
-                other = by_key.get((f"pytorch {variant}", *key))
-                row[f"vs_{variant}"] = _ratio(row["images/s"], other and other["images/s"])
-        if row["remat"]:
-            plain = by_key.get((row["framework"], row["T"], row["batch"], row["dtype"], False))
-            row["peak_vs_no_remat"] = _ratio(row["peak_MiB"], plain and plain["peak_MiB"])
+def _jax_rows(table, settings, repeats, peak, deadline, export_weights) -> _TorchStart | None:
+    """glif_jax's rows of one T, dtype and remat, one per setting (batch size), into ``table``.
+
+    Every batch starts from the same network and initial state. A row not started by
+    ``deadline`` is skipped; a network that cannot be built gives the row its error, and is
+    tried again for the next batch.
+
+    Returns:
+      The PyTorch rows' start (with the weights only if ``export_weights``), or ``None`` when no
+      network was built.
+    """
+    runner = initial = start = None
+    for setting in settings:
+        if _past(deadline):
+            table.add(new_row(setting, "glif_jax", SKIPPED))
+            continue
+        if runner is None:
+            try:
+                runner = JaxStep(setting)
+            except Exception as error:
+                table.add(new_row(setting, "glif_jax", _error_text(error)))
+                continue
+            # On the host: no device memory of the settings' high-water marks.
+            initial = jax.device_get(runner.state)
+            start = _TorchStart(
+                runner.reference_state_dict() if export_weights else None,
+                conv_flops(runner.model(), setting.image_shape, setting.time_steps, 1),
+            )
+        runner.state = jax.device_put(initial)
+        flops = start.flops_per_image * setting.batch
+        table.add(measure_jax(runner, setting, repeats, flops=flops, peak=peak))
+    runner = initial = None
+    gc.collect()  # this network's device memory, before the next one's high-water mark
+    return start
 
 
-def _sorted(rows: list[dict]) -> list[dict]:
-    order = {"glif_jax": 0, "pytorch eager": 1, "pytorch compiled": 2}
-    return sorted(
-        rows,
-        key=lambda r: (r["T"], r["batch"], r["dtype"], r["remat"], order.get(r["framework"], 3)),
-    )
+def _torch_row(setting, variant, start, repeats, peak, deadline) -> dict[str, Any]:
+    """A PyTorch row of ``setting`` from glif_jax's ``start``: skipped past ``deadline``, an
+    error without weights."""
+    framework = f"pytorch {variant}"
+    if _past(deadline):
+        return new_row(setting, framework, SKIPPED)
+    if start is None or start.weights is None:
+        return new_row(setting, framework, "no weights: glif_jax's network could not be built")
+    flops = start.flops_per_image * setting.batch or None
+    return measure_torch(setting, start.weights, repeats, variant=variant, flops=flops, peak=peak)
 
 
 def measure(
@@ -630,16 +613,15 @@ def measure(
     """Time glif_jax's step and PyTorch's at every T, batch and dtype.
 
     The rows run by priority, so that a time budget cuts the least important: dtype by dtype in
-    the order given, T increasing, batch increasing, glif_jax (one network and initial state
-    per dtype and T, for every batch) then PyTorch eager from the same weights; the
-    ``torch.compile`` rows, whose compilations take longest, after all of them.
+    the order given, T increasing, batch increasing, glif_jax then PyTorch eager from the same
+    weights; the ``torch.compile`` rows, whose compilations take longest, after all of them.
 
     Args:
-      model: a name of :func:`glif_jax.models.names`; PyTorch runs only for ``"resnet19"``.
+      model: a name of :func:`glif_jax.models.names`; PyTorch runs only for :data:`TORCH_MODELS`.
       time_steps, batches, dtypes: the grid.
       image_shape: ``(H, W, C)``.
       repeats: timed steps after the warm-up.
-      torch_variants: the PyTorch rows, from :data:`TORCH_VARIANTS` (empty: none).
+      torch_variants: the PyTorch rows, from :data:`TORCH_VARIANTS` (none without torch).
       remat: also time glif_jax with recomputation, and give the ratio of its peak memory.
       model_options: extra model options, e.g. ``{"stem_channels": 8}``.
       peak_tflops_override: the device's peak TFLOP/s (``None``: :func:`peak_tflops`).
@@ -650,91 +632,43 @@ def measure(
     Returns:
       Rows of :data:`COLUMNS`, sorted by T, batch, dtype and remat.
     """
-    deadline = None if budget_s is None else time.monotonic() + budget_s
+    deadline = None if budget_s is None else time.time() + budget_s
     options = tuple(sorted((model_options or {}).items()))
-    variants = list(torch_variants) if has_torch_transcription(model) and torch_available() else []
-    rows: list[dict] = []
-    weights: dict[tuple[int, str], dict[str, np.ndarray]] = {}  # (T, dtype) → PyTorch's start
-    flops_per_image: dict[int, float] = {}
-
-    def add(row):
-        rows.append(row)
-        annotate(rows)
-        if on_rows is not None:
-            on_rows(_sorted(rows))
-
-    def over_budget():
-        return deadline is not None and time.monotonic() > deadline
-
-    def setting(steps, batch, dtype, with_remat=False):
-        return Setting(model, steps, batch, dtype, tuple(image_shape), with_remat, options)
-
-    def jax_rows(steps, dtype, with_remat):
-        runner = initial = None
-        for batch in batches:
-            one = setting(steps, batch, dtype, with_remat)
-            if over_budget():
-                add(_skipped(one, "glif_jax"))
-                continue
-            if runner is None:
-                try:
-                    runner = JaxStep(one)  # the batch size is no part of the state
-                except Exception as error:
-                    row = new_row(one, "glif_jax")
-                    row["error"] = _error_text(error)
-                    add(row)
-                    continue
-                # On the host: no device memory of the settings' high-water marks.
-                initial = jax.device_get(runner.state)
-                if steps not in flops_per_image:
-                    flops_per_image[steps] = conv_flops(runner.model(), image_shape, steps, 1)
-                if variants and not with_remat:
-                    weights[steps, dtype] = runner.reference_state_dict()
-            runner.state = jax.device_put(initial)
-            images, labels = batch_arrays(one)
-            peak = peak_tflops(dtype, peak_tflops_override)
-            flops = flops_per_image[steps] * batch
-            add(measure_jax(runner, images, labels, repeats, flops=flops, peak=peak))
-        del runner, initial
-        gc.collect()
-
-    def torch_row(steps, batch, dtype, variant):
-        one = setting(steps, batch, dtype)
-        if over_budget():
-            return _skipped(one, f"pytorch {variant}")
-        if (steps, dtype) not in weights:
-            row = new_row(one, f"pytorch {variant}")
-            row["error"] = "no weights: glif_jax's network could not be built"
-            return row
-        images, labels = batch_arrays(one)
-        return measure_torch(
-            one,
-            weights[steps, dtype],
-            images,
-            labels,
-            repeats,
-            variant=variant,
-            flops=flops_per_image.get(steps, 0.0) * batch or None,
-            peak=peak_tflops(dtype, peak_tflops_override),
-        )
-
-    for dtype in dtypes:
-        for steps in time_steps:
-            for with_remat in (False, True) if remat else (False,):
-                jax_rows(steps, dtype, with_remat)
-            if "eager" in variants:
-                for batch in batches:
-                    add(torch_row(steps, batch, dtype, "eager"))
+    variants = list(torch_variants) if model in TORCH_MODELS else []
+    grid = [(dtype, steps) for dtype in dtypes for steps in time_steps]
+    table = _Table(on_rows)
+    starts: dict[tuple[str, int], _TorchStart | None] = {}
+    for dtype, steps in grid:
+        peak = peak_tflops(dtype, peak_tflops_override)
+        settings = [
+            Setting(model, steps, batch, dtype, tuple(image_shape), False, options)
+            for batch in batches
+        ]
+        starts[dtype, steps] = _jax_rows(table, settings, repeats, peak, deadline, bool(variants))
+        if remat:
+            recomputed = [dataclasses.replace(s, remat=True) for s in settings]
+            _jax_rows(table, recomputed, repeats, peak, deadline, False)
+        if "eager" in variants:
+            for setting in settings:
+                start = starts[dtype, steps]
+                table.add(_torch_row(setting, "eager", start, repeats, peak, deadline))
     if "compiled" in variants:
-        for dtype in dtypes:
-            for steps in time_steps:
-                for batch in batches:
-                    add(torch_row(steps, batch, dtype, "compiled"))
-    return _sorted(rows)
+        for dtype, steps in grid:
+            peak = peak_tflops(dtype, peak_tflops_override)
+            for batch in batches:
+                setting = Setting(model, steps, batch, dtype, tuple(image_shape), False, options)
+                start = starts[dtype, steps]
+                table.add(_torch_row(setting, "compiled", start, repeats, peak, deadline))
+    return sorted_rows(table.rows)
 
 
 # ------------------------------------------------------------------------------------------------
 # The largest batch that fits
+
+
+def _bracketed(lo: int, hi: int | None, tolerance: float) -> bool:
+    """Whether the largest fit ``lo`` and the smallest failure ``hi`` are close enough."""
+    return hi is not None and hi - lo <= max(1, int(tolerance * lo))
 
 
 def search_max_batch(
@@ -745,15 +679,13 @@ def search_max_batch(
     tolerance: float = 0.0,
     deadline: float | None = None,
 ) -> dict[str, Any]:
-    """The largest batch for which ``fits`` holds, assuming that it holds below some size.
-
-    Doubling from ``start`` until a failure or ``upper``, then bisection between the largest
-    fit and the smallest failure until they are at most ``max(1, tolerance · fit)`` apart.
+    """The largest batch for which ``fits`` holds, assuming that it holds below some size:
+    doubling from ``start`` until a failure or ``upper``, then bisection between the largest fit
+    and the smallest failure until they are at most ``max(1, tolerance · fit)`` apart.
 
     Args:
       fits: runs one probe; False when the batch does not fit.
-      start: the first batch probed.
-      upper: the largest batch probed (the search's bound).
+      start, upper: the first batch probed, and the largest.
       tolerance: the bisection's stopping gap, relative to the largest fit.
       deadline: ``time.time()`` after which no further probe starts; the first probe always
         runs (``None``: no limit).
@@ -766,130 +698,142 @@ def search_max_batch(
     if not 1 <= start <= upper:
         raise ValueError(f"need 1 <= start <= upper, got start={start}, upper={upper}.")
     lo, hi, probes = 0, None, []
-
-    def out_of_time():
-        return deadline is not None and time.time() > deadline
-
-    def probe(batch):
-        ok = bool(fits(batch))
-        probes.append((batch, ok))
-        return ok
-
-    def close_enough():
-        return hi is not None and hi - lo <= max(1, int(tolerance * lo))
-
     batch = start
-    while True:
-        if probe(batch):
+    while hi is None:  # doubling
+        fitted = bool(fits(batch))
+        probes.append((batch, fitted))
+        if not fitted:
+            hi = batch
+        else:
             lo = batch
-            if batch >= upper or out_of_time():
+            if batch >= upper or _past(deadline):
                 break
             batch = min(2 * batch, upper)
+    while hi is not None and not _bracketed(lo, hi, tolerance) and not _past(deadline):
+        batch = (lo + hi) // 2
+        fitted = bool(fits(batch))
+        probes.append((batch, fitted))
+        if fitted:
+            lo = batch
         else:
             hi = batch
-            break
-    while not close_enough() and hi is not None and not out_of_time():
-        mid = (lo + hi) // 2
-        if probe(mid):
-            lo = mid
-        else:
-            hi = mid
     return {
         "max_batch": lo,
         "first_failure": hi,
-        "exact": lo >= upper or close_enough(),
+        "exact": lo >= upper or _bracketed(lo, hi, tolerance),
         "reached_upper": lo >= upper,
         "probes": probes,
     }
 
 
-def _jax_fits(setting: Setting, estimates: dict[int, int]) -> Callable[[int], bool]:
-    """A probe of glif_jax: one training step at a batch size, from the same initial state.
+def step_fits(step: Callable[[int], Any], batch: int) -> bool:
+    """Whether ``step(batch)``, one training step, runs: False when the batch does not fit (the
+    device out of memory, or past a library's size limit); any other error propagates."""
+    try:
+        step(batch)
+    except Exception as error:
+        if is_out_of_memory(error) or any(limit in str(error) for limit in _SIZE_LIMITS):
+            return False
+        raise
+    return True
 
-    Each fit also records in ``estimates`` the batch at which XLA's scratch for the step
-    (``temp``, mostly activations), scaled linearly with the batch, would fill the device's
-    memory limit beside the step's arguments (GPU only).
+
+class JaxProbe:
+    """glif_jax's ``fits`` of :func:`search_max_batch`: one training step at a batch size, from
+    the same initial state every time.
+
+    Attributes:
+      estimates: for each batch that fits, the batch at which XLA's scratch for the step
+        (``temp``, mostly activations), scaled linearly with the batch, would fill the device's
+        memory limit beside the step's arguments (GPU only).
     """
-    runner = JaxStep(setting)
-    initial = runner.state
 
-    def fits(batch: int) -> bool:
-        images, labels = batch_arrays(dataclasses.replace(setting, batch=batch))
+    def __init__(self, setting: Setting):
+        self.setting = setting
+        self.runner = JaxStep(setting)
+        self.initial = self.runner.state
+        self.estimates: dict[int, int] = {}
+
+    def __call__(self, batch: int) -> bool:
+        return step_fits(self.step, batch)
+
+    def step(self, batch: int) -> None:
+        """One step at ``batch``, compiled for it."""
         try:
-            data = runner.batch(images, labels)
-            state = jax.tree.map(jnp.copy, initial)  # the step donates its input
-            compiled = runner.step.lower(state, data).compile()
+            data = _jax_batch(dataclasses.replace(self.setting, batch=batch))
+            state = jax.tree.map(jnp.copy, self.initial)  # the step donates its input
+            compiled = self.runner.step.lower(state, data).compile()
             _, metrics = compiled(state, data)
             jax.block_until_ready(metrics["loss"])
-        except Exception as error:
-            if _too_large(error):
-                return False
-            raise
         finally:
             state = data = None
             gc.collect()
-        memory = compiled.memory_analysis()
+        xla = _xla_memory(compiled)
         limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
-        if memory is not None and limit and memory.temp_size_in_bytes:
-            resident = (
-                memory.argument_size_in_bytes
-                + memory.output_size_in_bytes
-                - memory.alias_size_in_bytes
-            )
-            estimates[batch] = int(batch * (limit - resident) / memory.temp_size_in_bytes)
-        return True
-
-    return fits
+        if xla is not None and limit and xla[1]:
+            resident, temp = xla
+            self.estimates[batch] = int(batch * (limit - resident) / temp)
 
 
-def _torch_fits(
-    setting: Setting, layout: Mapping[str, tuple], estimates: dict[int, int]
-) -> Callable[[int], bool]:
-    """A probe of the PyTorch transcription: one training step at a batch size.
+class TorchProbe:
+    """The PyTorch transcription's ``fits`` of :func:`search_max_batch`: one training step at a
+    batch size.
 
-    Each fit also records in ``estimates`` the batch at which the step's memory beyond the
-    weights and optimizer state, scaled linearly with the batch, would fill the device (CUDA
-    only).
+    Args:
+      setting: the configuration (its ``batch`` is ignored).
+      layout: the reference state-dict layout of its network, ``{name: (shape, dtype)}``.
+
+    Attributes:
+      estimates: for each batch that fits, the batch at which the step's memory beyond the
+        weights and optimizer state, scaled linearly with the batch, would fill the device (CUDA
+        only).
     """
-    import torch
 
-    from experiments.benchmarks import torch_networks
+    def __init__(self, setting: Setting, layout: Mapping[str, tuple]):
+        import torch
 
-    device = torch_device()
-    architecture = torch_networks.resnet19_architecture(
-        {key: shape for key, (shape, _) in layout.items()}
-    )
-    model = torch_networks.ResNet19(**architecture, remat=setting.remat).to(device).train()
-    optimizer = torch_networks.reference_optimizer(model, **torch_recipe(setting))
-    autocast = torch.bfloat16 if setting.dtype == "bfloat16" else None
+        from experiments.benchmarks import torch_networks
 
-    def fits(batch: int) -> bool:
-        images, labels = batch_arrays(dataclasses.replace(setting, batch=batch))
+        self.setting = setting
+        self.device = torch_device()
+        shapes = {key: shape for key, (shape, _) in layout.items()}
+        model = torch_networks.ResNet19(
+            **torch_networks.resnet19_architecture(shapes), remat=setting.remat
+        )
+        self.model = model.to(self.device).train()
+        self.optimizer = torch_networks.reference_optimizer(self.model, **torch_recipe(setting))
+        self.autocast = torch.bfloat16 if setting.dtype == "bfloat16" else None
+        self.estimates: dict[int, int] = {}
+
+    def __call__(self, batch: int) -> bool:
+        return step_fits(self.step, batch)
+
+    def step(self, batch: int) -> None:
+        """One step at ``batch``."""
+        import torch
+
+        from experiments.benchmarks import torch_networks
+
+        cuda = self.device == "cuda"
         x = y = None
-        cuda = device == "cuda"
         try:
             with _reference_cudnn():
-                x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
-                x, y = x.to(device), torch.from_numpy(labels.astype(np.int64)).to(device)
+                x, y = _torch_batch(dataclasses.replace(self.setting, batch=batch), self.device)
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
                     base = torch.cuda.memory_allocated()
-                torch_networks.train_step(model, optimizer, x, y, autocast_dtype=autocast).item()
+                loss = torch_networks.train_step(
+                    self.model, self.optimizer, x, y, autocast_dtype=self.autocast
+                )
+                loss.item()
             if cuda:
                 used = torch.cuda.max_memory_allocated() - base
                 _, total = torch.cuda.mem_get_info()
-                estimates[batch] = int(batch * (total - base) / used)
-            return True
-        except Exception as error:
-            if _too_large(error):
-                return False
-            raise
+                self.estimates[batch] = int(batch * (total - base) / used)
         finally:
-            x = y = None
-            optimizer.zero_grad(set_to_none=True)
+            x = y = loss = None
+            self.optimizer.zero_grad(set_to_none=True)
             _release_torch_memory()
-
-    return fits
 
 
 def _reference_layout(setting: Setting) -> dict[str, tuple]:
@@ -903,9 +847,10 @@ def _reference_layout(setting: Setting) -> dict[str, tuple]:
     return interop.reference_layout(abstract)
 
 
-def _max_batch_row(framework: str, setting: Setting) -> dict[str, Any]:
+def _max_batch_row(framework: str, setting: Setting, note: str | None = None) -> dict[str, Any]:
     row = dict.fromkeys(MAX_BATCH_COLUMNS)
     row.update(framework=framework, T=setting.time_steps, remat=setting.remat, dtype=setting.dtype)
+    row["note"] = note
     return row
 
 
@@ -918,6 +863,7 @@ def max_batch_one(
     tolerance: float,
     deadline: float | None,
     layout: Mapping[str, tuple] | None = None,
+    environment: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """:func:`search_max_batch` for one framework and setting (its ``batch`` is ignored).
 
@@ -926,24 +872,26 @@ def max_batch_one(
       setting: the configuration.
       start, upper, tolerance, deadline: see :func:`search_max_batch`.
       layout: the reference layout of the network (PyTorch only; default: from ``setting``).
+      environment: variables to set first, before JAX or PyTorch claim the device (in a
+        process of its own).
 
     Returns:
       One row of :data:`MAX_BATCH_COLUMNS`.
     """
+    os.environ.update(environment or {})
     row = _max_batch_row(framework, setting)
     began = time.perf_counter()
-    estimates: dict[int, int] = {}
     try:
         if framework == "glif_jax":
-            fits = _jax_fits(setting, estimates)
+            probe = JaxProbe(setting)
         else:
-            fits = _torch_fits(setting, layout or _reference_layout(setting), estimates)
+            probe = TorchProbe(setting, layout or _reference_layout(setting))
         found = search_max_batch(
-            fits, start=start, upper=upper, tolerance=tolerance, deadline=deadline
+            probe, start=start, upper=upper, tolerance=tolerance, deadline=deadline
         )
         row.update({key: found[key] for key in ("max_batch", "first_failure", "exact")})
         row["probes"] = " ".join(f"{b}{'✓' if ok else '✗'}" for b, ok in found["probes"])
-        row["linear_estimate"] = estimates.get(found["max_batch"])
+        row["linear_estimate"] = probe.estimates.get(found["max_batch"])
         if found["reached_upper"]:
             row["note"] = f"the bound {upper} fits"
         elif not found["exact"]:
@@ -958,18 +906,19 @@ def max_batch_one(
     return row
 
 
-def _isolated_max_batch_one(framework, setting, kwargs, environment) -> dict[str, Any]:
-    """:func:`max_batch_one` in a fresh process, whose device memory is all its own."""
-    os.environ.update(environment)  # before JAX or PyTorch claim the device
-    return max_batch_one(framework, setting, **kwargs)
-
-
-# XLA's allocator in a process that runs a glif_jax search: one pool of most of the device,
-# allocated at start, like PyTorch's caching allocator free to use the whole device.
-_JAX_SEARCH_ENVIRONMENT = {
-    "XLA_PYTHON_CLIENT_PREALLOCATE": "true",
-    "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.92",
-}
+def _max_batch_in_a_process(framework: str, setting: Setting, **kwargs) -> dict[str, Any]:
+    """:func:`max_batch_one` in a fresh process, whose device memory is all its own; a process
+    that dies gives a row with a note."""
+    environment = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    if framework == "glif_jax":
+        environment = _JAX_SEARCH_ENVIRONMENT
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        future = pool.submit(max_batch_one, framework, setting, environment=environment, **kwargs)
+        try:
+            return future.result()
+        except Exception as error:  # the process died
+            return _max_batch_row(framework, setting, _error_text(error))
 
 
 def max_batch(
@@ -990,11 +939,11 @@ def max_batch(
     """The largest batch that fits, for each T, without and with recomputation, and framework.
 
     Args:
-      model: a name of :func:`glif_jax.models.names`; PyTorch runs only for ``"resnet19"``.
+      model: a name of :func:`glif_jax.models.names`; PyTorch runs only for :data:`TORCH_MODELS`.
       time_steps: the T values.
       image_shape: ``(H, W, C)``.
       dtype: the compute dtype.
-      frameworks: from ``"glif_jax"`` and ``"pytorch eager"``.
+      frameworks: from ``"glif_jax"`` and ``"pytorch eager"`` (the latter needs torch).
       start, upper, tolerance: see :func:`search_max_batch`.
       model_options: extra model options.
       budget_s: wall-clock seconds for all the searches, shared evenly among those not yet run;
@@ -1009,7 +958,7 @@ def max_batch(
     """
     if isolate is None:
         isolate = jax.default_backend() != "cpu"
-    if not (has_torch_transcription(model) and torch_available()):
+    if model not in TORCH_MODELS:
         frameworks = [f for f in frameworks if f == "glif_jax"]
     options = tuple(sorted((model_options or {}).items()))
     jobs = [
@@ -1019,29 +968,14 @@ def max_batch(
         for framework in frameworks
     ]
     end = None if budget_s is None else time.time() + budget_s
+    search = _max_batch_in_a_process if isolate else max_batch_one
     rows = []
     for i, (framework, setting) in enumerate(jobs):
         deadline = None if end is None else time.time() + (end - time.time()) / (len(jobs) - i)
         kwargs = dict(start=start, upper=upper, tolerance=tolerance, deadline=deadline)
         if framework != "glif_jax":
             kwargs["layout"] = _reference_layout(setting)
-        if not isolate:
-            rows.append(max_batch_one(framework, setting, **kwargs))
-        else:
-            environment = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-            if framework == "glif_jax":
-                environment = _JAX_SEARCH_ENVIRONMENT
-            context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-                future = pool.submit(
-                    _isolated_max_batch_one, framework, setting, kwargs, environment
-                )
-                try:
-                    rows.append(future.result())
-                except Exception as error:  # the process died
-                    row = _max_batch_row(framework, setting)
-                    row["note"] = _error_text(error)
-                    rows.append(row)
+        rows.append(search(framework, setting, **kwargs))
         if on_rows is not None:
             on_rows(list(rows))
     return rows

@@ -2,9 +2,9 @@
 
 ``numpy_glif`` is a hand-unrolled NumPy loop of the equations of docs/reference.md, in the
 reference's term order; ``torch_glif`` is the same loop in PyTorch, whose autograd gives the
-reference gradients. Neither shares code with glif_jax. Parameters are dicts of raw
-(pre-sigmoid) arrays keyed by the reference's names (``alpha, beta, gamma, tau, Vth, leak, reVth,
-conduct``).
+reference gradients, and the GLIF layer of :mod:`tests.support.reference_networks`. Neither shares
+code with glif_jax. Parameters are dicts of raw (pre-sigmoid) arrays keyed by the reference's names
+(``alpha, beta, gamma, tau, Vth, leak, reVth, conduct``).
 """
 
 from __future__ import annotations

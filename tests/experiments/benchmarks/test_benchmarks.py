@@ -1,12 +1,32 @@
-"""Smoke test of the benchmark suite at toy sizes: it runs, writes its tables, and the numbers
-that do not depend on timing are right."""
+"""The benchmark suite at toy sizes: it runs, writes its tables, and the numbers that do not
+depend on timing are right."""
 
+import functools
 import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiments.benchmarks import __main__ as benchmarks
 from experiments.benchmarks import glif_speed, training
+
+# One block per stage: a tdBN shortcut, then two 1×1-conv shortcuts with stride 2.
+TINY_RESNET19 = {
+    "stem_channels": 8,
+    "stage_channels": (8, 16, 32),
+    "stage_repeats": (1, 1, 1),
+    "head_width": 16,
+}
+
+
+def _header(columns):
+    return "| " + " | ".join(columns) + " |"
+
+
+# ------------------------------------------------------------------------------------------------
+# The suite
 
 
 def test_quick_suite_writes_glif_shape_and_residual_tables(tmp_path):
@@ -36,70 +56,52 @@ def test_quick_suite_writes_glif_shape_and_residual_tables(tmp_path):
     assert kept["scan (plain autodiff)", "float32"] > 4
 
 
-def test_quick_training_and_max_batch_parts_write_one_set_of_tables(tmp_path):
+def test_quick_training_and_max_batch_parts_write_their_columns(tmp_path):
     # spiking_cnn has no PyTorch transcription: glif_jax's rows only.
-    results = benchmarks.main(["--quick", "--parts", "training", "--out", str(tmp_path)])
-    rows = results["parts"]["training"]
+    argv = ["--quick", "--parts", "training", "--train-batch", "2,3", "--train-dtypes", "float32"]
+    rows = benchmarks.main([*argv, "--train-remat", "--out", str(tmp_path)])["parts"]["training"]
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["parts"]["training"] == json.loads(json.dumps(rows))
-    assert [(r["framework"], r["dtype"]) for r in rows] == [
-        ("glif_jax", "bfloat16"),
-        ("glif_jax", "float32"),
+    assert _header(training.COLUMNS) in (tmp_path / "results.md").read_text()
+    assert [(r["framework"], r["batch"], r["remat"]) for r in rows] == [
+        ("glif_jax", 2, False),
+        ("glif_jax", 2, True),
+        ("glif_jax", 3, False),
+        ("glif_jax", 3, True),
     ]
+    # spiking_cnn on 8×8×1 images: conv3×3 1→32 at 8×8, 32→64 at 4×4, 64→128 at 2×2; a step
+    # counts the forward convolutions and the two of their backward pass, T = 2.
+    macs = 9 * (1 * 32 * 64 + 32 * 64 * 16 + 64 * 128 * 4)
     for row in rows:
-        assert row["error"] is None and row["loss_finite"]
-        assert row["images/s"] > 0 and row["step_ms"] > 0 and row["compile_s"] > 0
-        assert row["conv_TFLOP/s"] > 0 and row["of_peak"] is None  # no peak for a CPU
+        assert list(row) == list(training.COLUMNS)
+        assert row["error"] is None and row["loss_finite"] and row["compile_s"] > 0
+        seconds = row["step_ms"] / 1e3
+        assert row["images/s"] == pytest.approx(row["batch"] / seconds)
+        flops = 3 * 2 * macs * 2 * row["batch"]
+        assert row["conv_TFLOP/s"] * 1e12 * seconds == pytest.approx(flops)
+        assert row["of_peak"] is None  # no peak for a CPU
         assert row["peak_MiB"] > 0 and row["peak_source"] == "xla"
         assert row["vs_eager"] is None and row["jax_matmul_precision"] is not None
-    assert "| glif_jax | 2 | 2 | float32 |" in (tmp_path / "results.md").read_text()
+    for plain, recomputed in (rows[0:2], rows[2:4]):
+        ratio = recomputed["peak_MiB"] / plain["peak_MiB"]
+        assert recomputed["peak_vs_no_remat"] == pytest.approx(ratio)
 
     # The max_batch part, added to the same tables: at toy sizes on a CPU, the bound fits.
     argv = ["--quick", "--parts", "max_batch", "--append", "--out", str(tmp_path)]
-    results = benchmarks.main(argv)
+    searches = benchmarks.main(argv)["parts"]["max_batch"]
     written = json.loads((tmp_path / "results.json").read_text())
     assert list(written["parts"]) == ["training", "max_batch"]
     assert written["parts"]["training"] == json.loads(json.dumps(rows))
     assert written["command"].count("python -m experiments.benchmarks") == 2
-    searches = results["parts"]["max_batch"]
+    markdown = (tmp_path / "results.md").read_text()
+    assert "## training" in markdown and _header(training.MAX_BATCH_COLUMNS) in markdown
     assert [(r["framework"], r["T"], r["remat"]) for r in searches] == [
         ("glif_jax", 2, False),
         ("glif_jax", 2, True),
     ]
-    assert all(r["max_batch"] == 2 and r["note"] == "the bound 2 fits" for r in searches)
-    assert "## max_batch" in (tmp_path / "results.md").read_text()
-
-
-def test_conv_flops_are_three_times_two_forward_macs_per_image_and_step():
-    from flax import nnx
-
-    from glif_jax import models
-
-    net = nnx.eval_shape(
-        lambda: models.create("spiking_cnn", num_classes=10, time_steps=3, rngs=nnx.Rngs(0))
-    )
-    # conv3×3 1→32 at 8×8, 32→64 at 4×4, 64→128 at 2×2.
-    macs = 9 * (1 * 32 * 64 + 32 * 64 * 16 + 64 * 128 * 4)
-    assert training.conv_flops(net, (8, 8, 1), 3, 5) == 3 * 2 * macs * 3 * 5
-
-
-def test_the_glif_jax_rows_get_the_ratios_to_pytorch_and_to_no_remat():
-    def row(framework, images, peak, remat=False):
-        setting = training.Setting("resnet19", 4, 64, "float32", (32, 32, 3), remat)
-        out = training.new_row(setting, framework)
-        out.update({"images/s": images, "peak_MiB": peak})
-        return out
-
-    rows = [
-        row("glif_jax", 300.0, 100.0),
-        row("glif_jax", 200.0, 40.0, remat=True),
-        row("pytorch eager", 100.0, 500.0),
-        row("pytorch compiled", 150.0, 400.0),
-    ]
-    training.annotate(rows)
-    assert rows[0]["vs_eager"] == 3.0 and rows[0]["vs_compiled"] == 2.0
-    assert rows[1]["peak_vs_no_remat"] == 0.4 and rows[1]["vs_eager"] is None
-    assert rows[2]["vs_eager"] is None
+    for row in searches:
+        assert list(row) == list(training.MAX_BATCH_COLUMNS)
+        assert row["max_batch"] == 2 and row["note"] == "the bound 2 fits"
 
 
 def test_settings_past_the_time_budget_are_reported_as_skipped():
@@ -108,14 +110,41 @@ def test_settings_past_the_time_budget_are_reported_as_skipped():
     assert all(r["error"].startswith("skipped") and r["step_ms"] is None for r in rows)
 
 
+def test_pytorch_rows_start_from_glif_jax_weights_and_report_a_failed_compilation(monkeypatch):
+    torch = pytest.importorskip("torch")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    rows = training.measure(
+        "resnet19", [2], [2], ["float32"], (8, 8, 3), 1, model_options=TINY_RESNET19
+    )
+    by_framework = {r["framework"]: r for r in rows}
+    assert list(by_framework) == ["glif_jax", "pytorch eager", "pytorch compiled"]
+    jax_row, eager = by_framework["glif_jax"], by_framework["pytorch eager"]
+    assert eager["error"] is None and eager["loss_finite"]
+    assert eager["autocast"] == "off" and isinstance(eager["torch_cudnn_tf32"], bool)
+    # Both sides count the FLOPs of the same network.
+    assert eager["conv_TFLOP/s"] * eager["step_ms"] == pytest.approx(
+        jax_row["conv_TFLOP/s"] * jax_row["step_ms"]
+    )
+    compiled = by_framework["pytorch compiled"]
+    assert compiled["error"] == "RuntimeError: no compiler here" and compiled["step_ms"] is None
+
+    assert jax_row["vs_eager"] == pytest.approx(jax_row["images/s"] / eager["images/s"])
+    assert jax_row["vs_compiled"] is None
+
+
+# ------------------------------------------------------------------------------------------------
+# The PyTorch baselines compute what glif_jax computes
+
+
 @pytest.mark.parametrize("layout", ["reference", "channel_last"])
 def test_pytorch_loops_compute_the_gradients_of_glif(layout):
     # The benchmark's baselines must time the same operation: spikes and every gradient.
     torch = pytest.importorskip("torch")
-    import jax
-    import numpy as np
-
-    from experiments.benchmarks import glif_speed, torch_glif
+    from experiments.benchmarks import torch_glif
     from glif_jax import neuron
 
     params, x, g = glif_speed.inputs(4, (2, 3, 5, 6), np.float32)
@@ -137,9 +166,6 @@ def test_pytorch_loops_compute_the_gradients_of_glif(layout):
 
 
 def test_the_loss_row_computes_the_gradients_of_the_vjp_row():
-    import jax
-    import numpy as np
-
     params, x, g = glif_speed.inputs(3, (2, 5, 6), np.float32)
     _, *want = glif_speed.forward_backward("xla")(params, x, g)
     value, got = glif_speed.in_a_loss("xla")(params, x, g)
@@ -151,9 +177,6 @@ def test_the_loss_row_computes_the_gradients_of_the_vjp_row():
 def test_a_pallas_tiling_path_computes_the_gradients_of_the_default_path():
     # "pallas/FIELD=N" rows time the kernels at a given tiling; they must time the same operation.
     # On the CPU the kernels run in Pallas's interpreter, which checks the same code.
-    import jax
-    import numpy as np
-
     params, x, g = glif_speed.inputs(3, (40, 6), np.float32)
     want = glif_speed.forward_backward("xla")(params, x, g)
     got = glif_speed.forward_backward("pallas/block_rows=16/sub_rows=4")(params, x, g)
@@ -170,22 +193,8 @@ def test_a_pallas_tiling_path_computes_the_gradients_of_the_default_path():
         glif_speed.layer("pallas/rows=4")
 
 
-# ------------------------------------------------------------------------------------------------
-# The PyTorch transcription against glif_jax
-
-# One block per stage: a tdBN shortcut, then two 1×1-conv shortcuts with stride 2.
-TINY_RESNET19 = {
-    "stem_channels": 8,
-    "stage_channels": (8, 16, 32),
-    "stage_repeats": (1, 1, 1),
-    "head_width": 16,
-}
-
-
 def test_pytorch_resnet19_takes_the_training_step_of_glif_jax_from_the_same_weights():
     torch = pytest.importorskip("torch")
-    import numpy as np
-
     from experiments.benchmarks import torch_networks
 
     options = tuple(TINY_RESNET19.items())
@@ -201,7 +210,8 @@ def test_pytorch_resnet19_takes_the_training_step_of_glif_jax_from_the_same_weig
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     expected_loss = torch_networks.train_step(net, optimizer, x, torch.from_numpy(labels).long())
 
-    runner.state, metrics = runner.step(runner.state, runner.batch(images, labels))
+    batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+    runner.state, metrics = runner.step(runner.state, batch)
     np.testing.assert_allclose(float(metrics["loss"]), expected_loss.item(), rtol=1e-5)
     updated = runner.reference_state_dict()
     got = net.state_dict()
@@ -239,30 +249,6 @@ def test_pytorch_resnet19_recomputation_changes_neither_the_step_nor_the_statist
     ):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=key)
     assert plain.state_dict()["conv1.0.1.num_batches_tracked"].item() == 1
-
-
-def test_pytorch_rows_time_the_step_and_report_a_failed_compilation(monkeypatch):
-    torch = pytest.importorskip("torch")
-    from experiments.benchmarks import torch_networks
-
-    setting = training.Setting("resnet19", 2, 2, "float32", (8, 8, 3))
-    blocks = torch_networks.resnet19_blocks(8, (8, 16), (1, 1), (1, 2))
-    net = torch_networks.ResNet19(time_steps=2, blocks=blocks, stem_channels=8)
-    state = {k: v.numpy() for k, v in net.state_dict().items()}
-    images, labels = training.batch_arrays(setting)
-
-    row = training.measure_torch(setting, state, images, labels, 2, flops=1e6, peak=None)
-    assert row["error"] is None and row["framework"] == "pytorch eager"
-    assert row["loss_finite"] and row["images/s"] > 0 and row["conv_TFLOP/s"] > 0
-    assert row["autocast"] == "off" and isinstance(row["torch_cudnn_tf32"], bool)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("no compiler here\nsecond line")
-
-    monkeypatch.setattr(torch, "compile", broken)
-    row = training.measure_torch(setting, state, images, labels, 1, variant="compiled")
-    assert row["framework"] == "pytorch compiled" and row["step_ms"] is None
-    assert row["error"] == "RuntimeError: no compiler here"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -306,19 +292,36 @@ def test_the_search_stops_within_its_tolerance_and_at_its_deadline():
         training.search_max_batch(slow, start=10, upper=5)
 
 
-def test_out_of_memory_errors_are_recognised():
-    import jax
+@pytest.mark.parametrize(
+    "error",
+    [
+        jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9 bytes."),
+        RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED."),
+    ],
+)
+def test_a_step_that_does_not_fit_is_a_probe_that_fails(error):
+    def step(batch):
+        if batch > 3:
+            raise error
 
-    assert training.is_out_of_memory(
-        jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 123 bytes.")
+    found = training.search_max_batch(
+        functools.partial(training.step_fits, step), start=1, upper=64
     )
-    assert training.is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate"))
-    assert not training.is_out_of_memory(ValueError("shapes do not match"))
+    assert found["probes"] == [(1, True), (2, True), (4, False), (3, True)]
+    assert (found["max_batch"], found["first_failure"], found["exact"]) == (3, 4, True)
+
+
+def test_any_other_error_of_a_step_ends_the_search():
+    def step(batch):
+        raise ValueError("shapes do not match")
+
+    with pytest.raises(ValueError, match="shapes do not match"):
+        training.search_max_batch(functools.partial(training.step_fits, step), start=1, upper=8)
 
 
 def test_max_batch_reports_the_bound_for_each_framework_t_and_remat():
     pytest.importorskip("torch")
-    import numpy as np
 
     rows = training.max_batch(
         "resnet19",
@@ -337,38 +340,3 @@ def test_max_batch_reports_the_bound_for_each_framework_t_and_remat():
     for row in rows:
         assert row["max_batch"] == 2 and row["exact"] and row["probes"] == "1✓ 2✓"
         assert row["note"] == "the bound 2 fits" and np.isfinite(row["search_s"])
-
-
-def test_glif_jax_probes_report_out_of_memory_as_a_misfit(monkeypatch):
-    import jax
-
-    setting = training.Setting("spiking_cnn", 2, 1, "float32", (8, 8, 1))
-
-    class Step:
-        """A jitted step whose compilation runs out of memory above 3 images."""
-
-        def lower(self, state, data):
-            if data["image"].shape[0] > 3:
-                raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory")
-            return self
-
-        def compile(self):
-            return self
-
-        def memory_analysis(self):
-            return None
-
-        def __call__(self, state, data):
-            return state, {"loss": jax.numpy.zeros(())}
-
-    class Runner(training.JaxStep):
-        def __init__(self, setting):
-            self.state, self.step = {"w": jax.numpy.zeros(2)}, Step()
-
-    monkeypatch.setattr(training, "JaxStep", Runner)
-    row = training.max_batch_one(
-        "glif_jax", setting, start=1, upper=64, tolerance=0.0, deadline=None
-    )
-    assert row["max_batch"] == 3 and row["first_failure"] == 4 and row["exact"]
-    assert row["probes"] == "1✓ 2✓ 4✗ 3✓" and row["note"] is None
-    assert row["linear_estimate"] is None  # no device memory limit on a CPU

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments.benchmarks import torch_networks as reference
 from glif_jax import interop, models
+from tests.support import reference_networks as reference
 from tests.support.state_dicts import (
     manifest,
     manifest_layout,
