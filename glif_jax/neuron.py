@@ -22,10 +22,15 @@ Every mode of the neuron reduces to the same per-step update over six *coefficie
     u_t = decay · u_{t−1} · (1 − hard_reset·o_{t−1}) − leak + input_scale_t · x_t
           − soft_reset · o_{t−1}
 
-so one time loop serves every mode. This module holds the semantics and the reference
-implementation of that loop, a ``lax.scan`` of :func:`glif_step` under plain autodiff
-(``implementation="scan"``); the fast implementations live in :mod:`glif_jax.kernels`, behind one
-contract, and :func:`glif` dispatches to them.
+so one time loop serves every mode. This module is the neuron's face: its parameters, their
+initial values and checks (:class:`InitialValues`, :func:`init_params`), the gates and modes that
+give the coefficients (:func:`coefficients`), and :func:`glif`, which runs the time loop. The
+update in coefficient form, its step (:func:`glif_step`, :class:`GLIFState`, :func:`init_state`,
+re-exported here) and its reverse are written once, in :mod:`glif_jax.equations`, which every
+implementation reads. The implementations live in :mod:`glif_jax.kernels`, behind one contract:
+the reference, a ``lax.scan`` of :func:`glif_step` under plain autodiff
+(:class:`glif_jax.kernels.Scan`, ``implementation="scan"``), and the fast custom VJPs; :func:`glif`
+dispatches to every one the same way.
 
 :class:`GLIFParams`, :class:`GLIFCoefficients` and :class:`GLIFState` are pytrees registered for
 :mod:`jax.export` serialization (as ``glif_jax.GLIFParams`` and so on), so that a function taking
@@ -52,7 +57,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -60,9 +65,11 @@ import numpy as np
 
 from glif_jax import kernels
 from glif_jax import surrogates as _surrogates
-from glif_jax.kernels.recurrence import (
+from glif_jax.equations import (
     GLIFCoefficients,
-    membrane_update,
+    GLIFState,
+    glif_step,
+    init_state,
     register_dataclass_serialization,
 )
 
@@ -75,8 +82,10 @@ __all__ = [
     "GLIFCoefficients",
     "GLIFParams",
     "GLIFState",
+    "InitialValues",
     "check_implementation",
     "check_mode",
+    "check_sizes",
     "coefficients",
     "glif",
     "glif_step",
@@ -95,9 +104,10 @@ Table 4). ``fused``: every gate fully on and both resets applied, GLIF_f of Tabl
 ``LIFSpike_CW_softsimple``), which has no gate parameters."""
 
 Implementation = Literal["auto", "scan", "xla", "pallas"]
-IMPLEMENTATIONS: tuple[str, ...] = ("auto", "scan", *kernels.KERNELS)
-"""How the time loop runs: ``"scan"``, the reference; ``"xla"`` and ``"pallas"``, the kernels of
-:mod:`glif_jax.kernels`; ``"auto"``, the one :func:`glif_jax.kernels.select` picks."""
+IMPLEMENTATIONS: tuple[str, ...] = ("auto", *kernels.KERNELS)
+"""How the time loop runs: a kernel of :data:`glif_jax.kernels.KERNELS`, ``"scan"`` (the
+reference), ``"xla"`` or ``"pallas"``; or ``"auto"``, the one :func:`glif_jax.kernels.select`
+picks."""
 
 _RENAMED_IMPLEMENTATIONS = {"fused": "xla"}
 
@@ -177,16 +187,6 @@ def param_label(name: str) -> str:
     return f"{field.metadata['symbol']} ({field.metadata['meaning']})"
 
 
-@functools.partial(
-    jax.export.register_namedtuple_serialization, serialized_name="glif_jax.GLIFState"
-)
-class GLIFState(NamedTuple):
-    """The carry of the time loop: the membrane u_{t−1} (before reset) and the spike o_{t−1}."""
-
-    membrane: jax.Array
-    spike: jax.Array
-
-
 # ------------------------------------------------------------------------------------------------
 # Initialisation
 
@@ -207,7 +207,14 @@ def _check_unit_interval(function: str, name: str, value) -> float:
     return float(value)
 
 
-def _check_channels_and_steps(function: str, channels, time_steps) -> None:
+def check_sizes(channels, time_steps, function: str = "init_params") -> None:
+    """Raise an error naming ``function`` unless ``channels`` (C) is a positive int or ``None``
+    (layer-wise parameters) and ``time_steps`` (T) a positive int.
+
+    Raises:
+      ValueError: ``channels`` is neither a positive int nor ``None``, or ``time_steps`` is below 1.
+      TypeError: ``time_steps`` is not an int.
+    """
     if channels is not None and (
         isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1
     ):
@@ -221,16 +228,80 @@ def _check_channels_and_steps(function: str, channels, time_steps) -> None:
         raise ValueError(f"{function}: time_steps must be a positive int, got {time_steps!r}.")
 
 
+@dataclasses.dataclass(frozen=True)
+class InitialValues:
+    """The initial values of the GLIF parameters, each in (0, 1) and stored raw as its logit.
+
+    The defaults are the reference's, and the defaults of :func:`init_params` and
+    :class:`glif_jax.nn.GLIF` (read as ``InitialValues.tau`` and so on); the networks' GLIF options
+    (:func:`glif_jax.models.glif_factory`) take them too.
+
+    Attributes:
+      tau: exponential decay τ.
+      v_th: threshold V_th.
+      leak: linear decay ℓ. The default 0.0625 is the reference's value for every T;
+        ``"scaled"`` gives V_th/(2T) for the T used.
+      v_reset: soft-reset voltage R (the reference initialises it to V_th).
+      conduct: conductance gᵗ, the same at every step.
+      gates: (α, β, γ) before the reference's mapping ``g' = (g − 0.5)/2 + 0.5``, which takes the
+        default ``(0.6, 0.8, 0.6)`` to σ = (0.55, 0.65, 0.55); ``None`` for no gate parameters
+        (GLIF_f).
+    """
+
+    tau: float = 0.25
+    v_th: float = 0.5
+    leak: float | Literal["scaled"] = LEAK_REFERENCE
+    v_reset: float = 0.5
+    conduct: float = 0.5
+    gates: Sequence[float] | None = (0.6, 0.8, 0.6)
+
+    def checked(self, time_steps: int, function: str = "init_params") -> InitialValues:
+        """These values, each checked, as floats: ``leak="scaled"`` resolved for ``time_steps``
+        and the gates a tuple.
+
+        Raises:
+          ValueError: a value outside (0, 1), a ``leak`` other than a number or ``"scaled"``, or
+            ``gates`` that are not three values; the message names ``function``.
+          TypeError: a value that is not a number.
+        """
+        leak = self.leak
+        if isinstance(leak, str):
+            if leak != "scaled":
+                raise ValueError(
+                    f"{function}: leak must be a number in (0, 1) or 'scaled', got {leak!r}."
+                )
+            leak = self.v_th / (2 * time_steps)
+        values = {
+            "tau": _check_unit_interval(function, "tau", self.tau),
+            "v_th": _check_unit_interval(function, "v_th", self.v_th),
+            "leak": _check_unit_interval(function, "leak", leak),
+            "v_reset": _check_unit_interval(function, "v_reset", self.v_reset),
+            "conduct": _check_unit_interval(function, "conduct", self.conduct),
+        }
+        gates = self.gates
+        if gates is not None:
+            gates = tuple(gates)
+            if len(gates) != 3:
+                raise ValueError(
+                    f"{function}: gates must be three values (α, β, γ), got {gates!r}."
+                )
+            gates = tuple(
+                _check_unit_interval(function, f"gates[{name}]", g)
+                for name, g in zip(GATE_NAMES, gates, strict=True)
+            )
+        return InitialValues(**values, gates=gates)
+
+
 def init_params(
     channels: int | None,
     time_steps: int,
     *,
-    tau: float = 0.25,
-    v_th: float = 0.5,
-    leak: float | Literal["scaled"] = LEAK_REFERENCE,
-    v_reset: float = 0.5,
-    conduct: float = 0.5,
-    gates: Sequence[float] | None = (0.6, 0.8, 0.6),
+    tau: float = InitialValues.tau,
+    v_th: float = InitialValues.v_th,
+    leak: float | Literal["scaled"] = InitialValues.leak,
+    v_reset: float = InitialValues.v_reset,
+    conduct: float = InitialValues.conduct,
+    gates: Sequence[float] | None = InitialValues.gates,
     key: jax.Array | None = None,
     dtype=jnp.float32,
 ) -> GLIFParams:
@@ -244,42 +315,37 @@ def init_params(
     Args:
       channels: C for channel-wise parameters, or ``None`` for layer-wise (scalar) ones.
       time_steps: T, the number of rows of ``conduct``.
-      tau: exponential decay τ ∈ (0, 1).
-      v_th: threshold V_th ∈ (0, 1).
-      leak: linear decay ℓ ∈ (0, 1). The default 0.0625 is the reference's value for every T;
-        ``"scaled"`` gives V_th/(2T) for the T used.
-      v_reset: soft-reset voltage R ∈ (0, 1) (the reference initialises it to V_th).
-      conduct: conductance gᵗ ∈ (0, 1) at every step.
-      gates: (α, β, γ) ∈ (0, 1)³ before the mapping, or ``None`` for no gate parameters (GLIF_f).
+      tau, v_th, leak, v_reset, conduct, gates: the initial values, as :class:`InitialValues`
+        (whose defaults these are); ``gates=None`` for no gate parameters (GLIF_f).
       key: if given, draw the raw gates from U(−0.1, 0.1) (three independent draws).
       dtype: floating dtype of every field.
 
     Returns:
-      A :class:`GLIFParams`.
+      A :class:`GLIFParams`: every field ``(C,)`` (``()`` layer-wise), ``conduct`` ``(T, C)``
+      (``(T,)``).
 
     Raises:
       ValueError: a value outside (0, 1), non-positive ``channels`` or ``time_steps``.
+      TypeError: a value that is not a number, or a ``time_steps`` that is not an int.
     """
     fn = "init_params"
-    _check_channels_and_steps(fn, channels, time_steps)
-    if isinstance(leak, str):
-        if leak != "scaled":
-            raise ValueError(f"{fn}: leak must be a number in (0, 1) or 'scaled', got {leak!r}.")
-        leak = v_th / (2 * time_steps)
-    values = {
-        "tau": _check_unit_interval(fn, "tau", tau),
-        "v_th": _check_unit_interval(fn, "v_th", v_th),
-        "leak": _check_unit_interval(fn, "leak", leak),
-        "v_reset": _check_unit_interval(fn, "v_reset", v_reset),
-    }
-    conduct = _check_unit_interval(fn, "conduct", conduct)
+    check_sizes(channels, time_steps, fn)
+    # Drawn gates replace the given ones, which are then not read.
+    init = InitialValues(
+        tau=tau,
+        v_th=v_th,
+        leak=leak,
+        v_reset=v_reset,
+        conduct=conduct,
+        gates=gates if key is None else None,
+    ).checked(time_steps, fn)
     shape = () if channels is None else (int(channels),)
 
     def full(value, shape=shape):
         return jnp.full(shape, _logit(value), dtype)
 
-    fields = {name: full(value) for name, value in values.items()}
-    fields["conduct"] = full(conduct, (int(time_steps), *shape))
+    fields = {name: full(getattr(init, name)) for name in ("tau", "v_th", "leak", "v_reset")}
+    fields["conduct"] = full(init.conduct, (int(time_steps), *shape))
     if gates is None:
         fields.update(alpha=None, beta=None, gamma=None)
     elif key is not None:
@@ -287,11 +353,7 @@ def init_params(
         for name, k in zip(GATE_NAMES, keys, strict=True):
             fields[name] = jax.random.uniform(k, shape, dtype, minval=-0.1, maxval=0.1)
     else:
-        gates = tuple(gates)
-        if len(gates) != 3:
-            raise ValueError(f"{fn}: gates must be three values (α, β, γ), got {gates!r}.")
-        for name, g in zip(GATE_NAMES, gates, strict=True):
-            g = _check_unit_interval(fn, f"gates[{name}]", g)
+        for name, g in zip(GATE_NAMES, init.gates, strict=True):
             fields[name] = full((g - 0.5) * 0.5 + 0.5)
     return GLIFParams(**fields)
 
@@ -392,60 +454,6 @@ def coefficients(params: GLIFParams, mode: Mode = "soft") -> GLIFCoefficients:
 
 
 # ------------------------------------------------------------------------------------------------
-# One time step
-
-
-def init_state(shape: Sequence[int], dtype=jnp.float32) -> GLIFState:
-    """The state before the first step: u₋₁ = 0 and o₋₁ = 0, each of ``shape`` (``(..., C)``)."""
-    zeros = jnp.zeros(shape, dtype)
-    return GLIFState(membrane=zeros, spike=zeros)
-
-
-def glif_step(
-    state: GLIFState,
-    inputs: tuple[jax.Array, jax.Array],
-    coeffs: GLIFCoefficients,
-    *,
-    surrogate: _surrogates.Surrogate = _surrogates.rectangle(),
-    detach_reset: bool = False,
-) -> tuple[GLIFState, jax.Array]:
-    """One GLIF time step: the body that :func:`glif` scans over time.
-
-    Args:
-      state: u_{t−1} and o_{t−1}, each ``(..., C)`` (:func:`init_state` at t = 0).
-      inputs: ``(x_t, input_scale_t)``: the input current ``(..., C)`` and the row t of
-        ``coeffs.input_scale`` (``(C,)`` or scalar).
-      coeffs: from :func:`coefficients`.
-      surrogate: the spike's surrogate derivative.
-      detach_reset: stop the gradient through o_{t−1} in the reset terms.
-
-    Returns:
-      ``(GLIFState(u_t, o_t), o_t)``.
-
-    Example:
-      Online simulation, one step at a time, gives the spikes of :func:`glif`:
-
-      >>> import jax, jax.numpy as jnp
-      >>> from glif_jax import neuron
-      >>> params = neuron.init_params(8, 3, key=jax.random.key(0))
-      >>> x = jax.random.normal(jax.random.key(1), (3, 2, 8))
-      >>> coeffs = neuron.coefficients(params, "soft")
-      >>> state = neuron.init_state(x.shape[1:])
-      >>> spikes = []
-      >>> for t in range(3):
-      ...     state, spike = neuron.glif_step(state, (x[t], coeffs.input_scale[t]), coeffs)
-      ...     spikes.append(spike)
-      >>> bool((jnp.stack(spikes) == neuron.glif(params, x)).all())
-      True
-    """
-    x_t, input_scale_t = inputs
-    o_prev = jax.lax.stop_gradient(state.spike) if detach_reset else state.spike
-    u = membrane_update(state.membrane, o_prev, x_t, input_scale_t, coeffs)
-    o = _surrogates.spike(u - coeffs.v_th, surrogate)
-    return GLIFState(u, o), o
-
-
-# ------------------------------------------------------------------------------------------------
 # The time loop
 
 
@@ -542,13 +550,14 @@ def glif(
       detach_reset: stop the gradient through o_{t−1} in the reset terms (the reference does not).
       implementation: how the time loop runs, and so what the backward pass keeps per neuron
         and step: ``"scan"``, a ``lax.scan`` of :func:`glif_step` under plain autodiff, the
-        reference (it keeps 12 bytes of residuals per neuron and step, and is the only one that
-        supports forward-mode differentiation, ``jax.jvp`` and ``jax.jacfwd``); ``"xla"``, one
-        custom VJP over the whole time loop (:class:`glif_jax.kernels.Xla`, keeping only ``x``);
-        ``"pallas"``, the same as Pallas kernels (:class:`glif_jax.kernels.Pallas`, keeping only
-        ``x``; compiled on GPU and TPU, interpreted elsewhere; first derivatives only);
-        ``"auto"``, the one :func:`glif_jax.kernels.select` picks for this input and backend; or
-        a kernel instance with its own settings, e.g. ``kernels.Pallas(block_rows=32)``. All give
+        reference (:class:`glif_jax.kernels.Scan`; it keeps 12 bytes of residuals per neuron and
+        step, and is the only one that supports forward-mode differentiation, ``jax.jvp`` and
+        ``jax.jacfwd``); ``"xla"``, one custom VJP over the whole time loop
+        (:class:`glif_jax.kernels.Xla`, keeping only ``x``); ``"pallas"``, the same as Pallas
+        kernels (:class:`glif_jax.kernels.Pallas`, keeping only ``x``; compiled on GPU and TPU,
+        interpreted elsewhere; first derivatives only); ``"auto"``, the one
+        :func:`glif_jax.kernels.select` picks for this input and backend; or a kernel instance
+        with its own settings, e.g. ``kernels.Pallas(block_rows=32)``. All give
         the same spikes, except where a membrane lies within a rounding error of the threshold,
         and the same gradients up to float rounding. To recompute more than the neuron (the
         convolutions too), wrap whole layers in :func:`glif_jax.nn.recompute`, as the models'
@@ -560,8 +569,9 @@ def glif(
 
     Raises:
       TypeError: ``x`` is not floating point, or ``surrogate`` is not a surrogate; or forward-mode
-        differentiation (``jax.jvp``, ``jax.jacfwd``) reached a kernel, or a second derivative
-        reached the Pallas kernels: the message names the implementation to use instead.
+        differentiation (``jax.jvp``, ``jax.jacfwd``) reached a custom-VJP kernel, or a second
+        derivative reached the Pallas kernels: the message names the implementation to use
+        instead.
       ValueError: ``x`` has rank < 2, its channels or time steps do not match ``params``, or the
         mode, surrogate name or implementation is unknown.
     """
@@ -577,9 +587,6 @@ def glif(
     requested = implementation
     if implementation == "auto":
         implementation = kernels.select(x.shape, x.dtype, compute_dtype)
-    if implementation == "scan":
-        spikes, membrane = _glif_scan(x, coeffs, surrogate, detach_reset)
-        return (spikes, membrane) if return_membrane else spikes
     kernel = kernels.get(implementation)
     described = _describe(requested, kernel)
     try:
@@ -664,21 +671,3 @@ def _no_second_derivative_jvp(described, primals, tangents):
         'gradient of a gradient) reached it; pass implementation="xla" or "scan" (to glif, '
         "nn.GLIF or the models) for second derivatives."
     )
-
-
-def _glif_scan(x, coeffs, surrogate, detach_reset):
-    def step(state, inputs):
-        state, spike = glif_step(
-            state, inputs, coeffs, surrogate=surrogate, detach_reset=detach_reset
-        )
-        return state, (spike, state.membrane)
-
-    state = init_state(x.shape[1:], coeffs.v_th.dtype)
-    _, (spikes, membrane) = jax.lax.scan(
-        step,
-        state,
-        (x.astype(coeffs.v_th.dtype), coeffs.input_scale),
-        # Unrolled for the short T of vision networks, so that XLA fuses across time steps.
-        unroll=x.shape[0] <= kernels.xla.UNROLL_MAX_STEPS,
-    )
-    return spikes.astype(x.dtype), membrane

@@ -1,6 +1,6 @@
 """GLIF over time as Pallas kernels, forward and backward: the ``"pallas"`` implementation.
 
-The kernels run the step functions of :mod:`glif_jax.kernels.recurrence` on tiles of neurons,
+The kernels run the step functions of :mod:`glif_jax.equations` on tiles of neurons,
 compiled through Triton on GPU and Mosaic on TPU (elsewhere they run in Pallas's interpreter, for
 testing):
 
@@ -12,7 +12,7 @@ testing):
 * the forward kernel writes the spikes (and the membrane when asked) and keeps only ``x`` for the
   backward pass;
 * the backward kernel recomputes the membrane, writes dx and, per program, the column sums of
-  every :class:`~glif_jax.kernels.recurrence.GradientTerms` row, which are summed over the row
+  every :class:`~glif_jax.kernels.equations.GradientTerms` row, which are summed over the row
   blocks outside the kernel.
 
 On GPU every value of a sub-tile's time loop and the running sums live in registers, so the
@@ -40,9 +40,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.sharding import PartitionSpec as P
 
-from glif_jax import placement, surrogates
-from glif_jax.kernels import recurrence
-from glif_jax.kernels.recurrence import GLIFCoefficients, GradientTerms
+from glif_jax import equations, placement, surrogates
+from glif_jax.equations import GLIFCoefficients, GradientTerms
 
 __all__ = ["MAX_STEPS", "Pallas", "shard_plan"]
 
@@ -247,7 +246,7 @@ def _forward_kernel(coefficient_ref, scale_ref, x_ref, *out_refs, layout: _Layou
 
     def sub_tile(i, carry):
         rows = _sub_tile_rows(i, layout.sub_rows)
-        us, os = recurrence.forward_trace([x_ref[t, rows, :] for t in range(steps)], c)
+        us, os = equations.forward_trace([x_ref[t, rows, :] for t in range(steps)], c)
         for t in range(steps):
             out_refs[0][t, rows, :] = os[t].astype(out_refs[0].dtype)
             if len(out_refs) > 1:
@@ -271,13 +270,13 @@ def _backward_kernel(
             return None if ref is None else [ref[t, rows, :] for t in range(steps)]
 
         xs = per_step(x_ref)
-        us, os = recurrence.forward_trace(xs, c)
-        g_us, g_vs = recurrence.reverse_trace(
+        us, os = equations.forward_trace(xs, c)
+        g_us, g_vs = equations.reverse_trace(
             us, os, per_step(g_ref), per_step(g_membrane_ref), c, surrogate, detach
         )
         for t in range(steps):
             dx_ref[t, rows, :] = (g_us[t] * c.input_scale[t]).astype(dx_ref.dtype)
-        found = recurrence.trace_terms(xs, us, os, g_us, g_vs, c).rows()
+        found = equations.trace_terms(xs, us, os, g_us, g_vs, c).rows()
         return tuple(s + f for s, f in zip(sums, found, strict=True))
 
     zeros = jnp.zeros((layout.sub_rows, layout.block_channels), coefficient_ref.dtype)
@@ -401,7 +400,7 @@ def _backward(
     dx, sums = run(x, c, g_spikes, g_membrane)
     if not jnp.ndim(c.v_th):
         sums = jnp.sum(sums, axis=-1)
-    return dx, recurrence.coefficient_gradients(GradientTerms.from_rows(list(sums)), c)
+    return dx, equations.coefficient_gradients(GradientTerms.from_rows(list(sums)), c)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))

@@ -8,7 +8,7 @@ unrolled in both directions, so that XLA fuses every step into a few passes over
 
 1. dx_t = g_u_t · input_scale_t for every t, one fused pass that recomputes both recurrences from
    x and the output cotangents: the only full-size write;
-2. the parameter gradients: the :class:`~glif_jax.kernels.recurrence.GradientTerms` of every
+2. the parameter gradients: the :class:`~glif_jax.kernels.equations.GradientTerms` of every
    neuron, summed over neurons, one reduction per term (which XLA fuses into sibling reductions).
    On the CPU, :mod:`glif_jax.kernels.xla_cpu` computes the same sums in loops shaped for
    XLA:CPU instead.
@@ -25,9 +25,9 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from glif_jax import surrogates
-from glif_jax.kernels import recurrence, xla_cpu
-from glif_jax.kernels.recurrence import GLIFCoefficients, GradientTerms
+from glif_jax import equations, surrogates
+from glif_jax.equations import GLIFCoefficients, GradientTerms
+from glif_jax.kernels import xla_cpu
 
 __all__ = ["UNROLL_MAX_STEPS", "Xla"]
 
@@ -92,7 +92,7 @@ def sums_per_term(x, g_spikes, g_membrane, c: GLIFCoefficients, surrogate, detac
     """Every neuron's :class:`GradientTerms` summed over neurons, one reduction per term:
     ``(C,)`` arrays channel-wise, scalars layer-wise."""
     dtype = c.v_th.dtype
-    terms = recurrence.gradient_terms(
+    terms = equations.gradient_terms(
         split_steps(x, dtype),
         split_steps(g_spikes, dtype),
         split_steps(g_membrane, dtype),
@@ -121,14 +121,14 @@ def _input_scale_rows(c: GLIFCoefficients, ndim: int) -> jax.Array:
 
 
 def _unrolled_forward(x, c, cpu_tuning):
-    us, os = recurrence.forward_trace(_steps(x, c.v_th.dtype, cpu_tuning), c)
+    us, os = equations.forward_trace(_steps(x, c.v_th.dtype, cpu_tuning), c)
     return jnp.stack(us), jnp.stack(os)
 
 
 def _unrolled_backward(x, c, g_spikes, g_membrane, surrogate, detach_reset, cpu_tuning):
     dtype = c.v_th.dtype
-    us, os = recurrence.forward_trace(_steps(x, dtype, cpu_tuning), c)
-    g_us, _ = recurrence.reverse_trace(
+    us, os = equations.forward_trace(_steps(x, dtype, cpu_tuning), c)
+    g_us, _ = equations.reverse_trace(
         us,
         os,
         _steps(g_spikes, dtype, cpu_tuning),
@@ -139,12 +139,12 @@ def _unrolled_backward(x, c, g_spikes, g_membrane, surrogate, detach_reset, cpu_
     )
     dx = (jnp.stack(g_us) * _input_scale_rows(c, x.ndim)).astype(x.dtype)
     sums = _summed_terms(x, g_spikes, g_membrane, c, surrogate, detach_reset, cpu_tuning)
-    return dx, recurrence.coefficient_gradients(sums, c)
+    return dx, equations.coefficient_gradients(sums, c)
 
 
 def _scanned_forward(x, c: GLIFCoefficients):
     def step(carry, inputs):
-        u, o = recurrence.forward_step(*carry, *inputs, c)
+        u, o = equations.forward_step(*carry, *inputs, c)
         return (u, o), (u, o)
 
     zeros = jnp.zeros(x.shape[1:], c.v_th.dtype)
@@ -164,14 +164,14 @@ def _scanned_backward(x, c: GLIFCoefficients, g_spikes, g_membrane, surrogate, d
     def step(carry, inputs):
         gu_next, sums = carry
         t, x_t, u, g_spike, g_membrane_t, input_scale_t = inputs
-        g_u, g_v = recurrence.reverse_step(
+        g_u, g_v = equations.reverse_step(
             gu_next, u, spike(u), g_spike.astype(dtype), g_membrane_t, c, surrogate, detach_reset
         )
         # u_{t−1} and o_{t−1}; at t = 0 they are 0, which the mask restores.
         u_prev = jax.lax.dynamic_index_in_dim(us, jnp.maximum(t - 1, 0), keepdims=False)
         u_prev = jnp.where(t > 0, u_prev, 0)
         o_prev = (t > 0) & spike(u_prev)
-        terms = recurrence.step_terms(g_u, g_v, x_t, u_prev, o_prev, c)
+        terms = equations.step_terms(g_u, g_v, x_t, u_prev, o_prev, c)
         summed = jax.tree.map(lambda term: jnp.sum(term, axis=axes), terms)
         # The carry holds the named sums; each step's input-scale sum is its own row.
         sums = sums.then(summed._replace(input_scale=()))
@@ -184,7 +184,7 @@ def _scanned_backward(x, c: GLIFCoefficients, g_spikes, g_membrane, surrogate, d
     carry = (jnp.zeros(x.shape[1:], dtype), first)
     (_, sums), (dx, input_sums) = jax.lax.scan(step, carry, inputs, reverse=True)
     sums = sums._replace(input_scale=tuple(input_sums))
-    return dx.astype(x.dtype), recurrence.coefficient_gradients(sums, c)
+    return dx.astype(x.dtype), equations.coefficient_gradients(sums, c)
 
 
 def _forward(x, c, return_membrane, cpu_tuning):

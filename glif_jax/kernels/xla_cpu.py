@@ -27,9 +27,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from glif_jax import placement
-from glif_jax.kernels import recurrence
-from glif_jax.kernels.recurrence import GLIFCoefficients, GradientTerms
+from glif_jax import equations, placement
+from glif_jax.equations import GLIFCoefficients, GradientTerms
 
 __all__ = ["split_steps", "summed_terms"]
 
@@ -88,7 +87,7 @@ def summed_terms(
     *,
     rest: Callable[..., GradientTerms],
 ) -> GradientTerms:
-    """Every neuron's :class:`~glif_jax.kernels.recurrence.GradientTerms` summed over the
+    """Every neuron's :class:`~glif_jax.kernels.equations.GradientTerms` summed over the
     neurons, in few loops.
 
     In each loop the terms go along a new minor axis, each chosen by that axis's index: the loop
@@ -100,7 +99,7 @@ def summed_terms(
     Args:
       x, g_spikes, g_membrane: the input and the output cotangents, ``(T, ..., C)``
         (``g_membrane`` may be ``None``).
-      c, surrogate, detach_reset: as :func:`glif_jax.kernels.recurrence.reverse_step`.
+      c, surrogate, detach_reset: as :func:`glif_jax.kernels.equations.reverse_step`.
       rest: the generic sums, same arguments, for the neurons left over when J does not divide N.
     """
     with jax.named_scope(SCOPE):
@@ -142,7 +141,7 @@ def _summed_terms(x, g_spikes, g_membrane, c, surrogate, detach_reset, rest):
     for first, stop in itertools.pairwise(bounds):
         totals = None
         for j in range(groups):
-            terms = recurrence.gradient_terms(
+            terms = equations.gradient_terms(
                 *(group(a, j) for a in patterns), c, surrogate, detach_reset
             )
             found = terms.rows()[first:stop]

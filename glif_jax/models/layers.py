@@ -83,11 +83,11 @@ def glif_factory(
     simplex: str | None = None,
     surrogate: surrogates.Surrogate | str = "rectangle",
     gates: Literal["random"] | Sequence[float] = "random",
-    tau: float = 0.25,
-    v_th: float = 0.5,
-    leak: float | Literal["scaled"] = neuron.LEAK_REFERENCE,
+    tau: float = neuron.InitialValues.tau,
+    v_th: float = neuron.InitialValues.v_th,
+    leak: float | Literal["scaled"] = neuron.InitialValues.leak,
     v_reset: float | None = None,
-    conduct: float = 0.5,
+    conduct: float = neuron.InitialValues.conduct,
     detach_reset: bool = False,
     implementation: neuron.Implementation | kernels.Kernel = "auto",
 ) -> Callable[..., gnn.GLIF]:
@@ -106,7 +106,8 @@ def glif_factory(
       surrogate: the spike's surrogate derivative, or its name.
       gates: ``"random"`` (raw U(−0.1, 0.1), the reference's ``--randomgate``) or explicit
         (α, β, γ) ∈ (0, 1)³ through the reference's mapping ``(g − 0.5)/2 + 0.5``.
-      tau, v_th, leak, conduct: initial τ, V_th, ℓ (or ``"scaled"`` for V_th/(2T)) and gᵗ.
+      tau, v_th, leak, conduct: initial τ, V_th, ℓ (or ``"scaled"`` for V_th/(2T)) and gᵗ, as
+        :class:`glif_jax.neuron.InitialValues`.
       v_reset: initial soft-reset voltage R; ``None`` for V_th, as the reference.
       detach_reset: stop the gradient through the reset path.
       implementation: the time loop, see :func:`glif_jax.neuron.glif`.
@@ -116,11 +117,12 @@ def glif_factory(
 
     Raises:
       ValueError: an unknown mode, surrogate or implementation, a malformed ``gates`` or
-        ``simplex``, ``simplex`` with a mode other than ``"static_hard"``, or an initial value
-        outside (0, 1).
-      TypeError: ``channel_wise`` is not a bool.
+        ``simplex``, ``simplex`` with a mode other than ``"static_hard"``, an initial value
+        outside (0, 1), or a non-positive ``time_steps``.
+      TypeError: ``channel_wise`` is not a bool, or an initial value is not a number.
     """
     fn = "GLIF options"
+    neuron.check_sizes(None, time_steps, fn)
     neuron.check_mode(mode, fn)
     neuron.check_implementation(implementation, fn)
     surrogate = surrogates.get(surrogate)
@@ -138,15 +140,18 @@ def glif_factory(
     random_gates = isinstance(gates, str)
     if random_gates and gates != "random":
         raise ValueError(f"{fn}: gates must be 'random' or three values (α, β, γ), got {gates!r}.")
-    if not random_gates:
-        gates = tuple(gates)
-        if len(gates) != 3:
-            raise ValueError(f"{fn}: gates must be three values (α, β, γ), got {gates!r}.")
-    init = dict(
-        tau=tau, v_th=v_th, leak=leak, v_reset=v_th if v_reset is None else v_reset, conduct=conduct
-    )
-    # Fails early, with the core's message, on values outside (0, 1).
-    neuron.init_params(None, time_steps, **init, gates=None)
+    # Checked here, so that a bad value fails before any layer is built.
+    checked = neuron.InitialValues(
+        tau=tau,
+        v_th=v_th,
+        leak=leak,
+        v_reset=v_th if v_reset is None else v_reset,
+        conduct=conduct,
+        gates=None if random_gates else gates,
+    ).checked(time_steps, fn)
+    init = {name: getattr(checked, name) for name in ("tau", "v_th", "leak", "v_reset", "conduct")}
+    # Random gates are drawn by each layer, which then reads no gate values.
+    given_gates = {} if random_gates else {"gates": checked.gates}
 
     def make(channels: int, *, rngs: nnx.Rngs) -> gnn.GLIF:
         layer = gnn.GLIF(
@@ -155,12 +160,12 @@ def glif_factory(
             channel_wise=channel_wise,
             mode=mode,
             surrogate=surrogate,
-            gates=(0.6, 0.8, 0.6) if random_gates else gates,
             random_gates=random_gates and simplex is None,
             detach_reset=detach_reset,
             implementation=implementation,
             rngs=rngs,
             **init,
+            **given_gates,
         )
         if simplex is not None:
             params = neuron.simplex_params(
@@ -311,9 +316,10 @@ def make_builder(
     Raises:
       ValueError: a non-positive ``num_classes`` or ``time_steps``, a neuron option that does not
         exist (the message lists those that do) or an invalid one, or a non-floating ``dtype``.
+      TypeError: a ``time_steps`` that is not an int (:func:`glif_jax.neuron.check_sizes`).
     """
     _check_positive_int(model, "num_classes", num_classes)
-    _check_positive_int(model, "time_steps", time_steps)
+    neuron.check_sizes(None, time_steps, model)
     unknown = sorted(set(glif_options) - set(GLIF_OPTIONS))
     if unknown:
         raise ValueError(

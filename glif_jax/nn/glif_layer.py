@@ -33,7 +33,8 @@ class GLIF(nnx.Module):
         layer (the layer-wise ablation of Table 6).
       mode: a gate mode of :data:`glif_jax.neuron.MODES`.
       surrogate: the spike's surrogate derivative (a surrogate or its name).
-      tau, v_th, leak, v_reset, conduct, gates: initial values, as
+      tau, v_th, leak, v_reset, conduct, gates: the initial values, as
+        :class:`glif_jax.neuron.InitialValues` (whose defaults these are), checked by
         :func:`glif_jax.neuron.init_params`.
       random_gates: draw the raw gates from U(−0.1, 0.1) (the reference's training default);
         needs ``rngs``.
@@ -61,12 +62,12 @@ class GLIF(nnx.Module):
         channel_wise: bool = True,
         mode: neuron.Mode = "soft",
         surrogate: surrogates.Surrogate | str = surrogates.rectangle(),
-        tau: float = 0.25,
-        v_th: float = 0.5,
-        leak: float | Literal["scaled"] = neuron.LEAK_REFERENCE,
-        v_reset: float = 0.5,
-        conduct: float = 0.5,
-        gates: Sequence[float] = (0.6, 0.8, 0.6),
+        tau: float = neuron.InitialValues.tau,
+        v_th: float = neuron.InitialValues.v_th,
+        leak: float | Literal["scaled"] = neuron.InitialValues.leak,
+        v_reset: float = neuron.InitialValues.v_reset,
+        conduct: float = neuron.InitialValues.conduct,
+        gates: Sequence[float] = neuron.InitialValues.gates,
         random_gates: bool = False,
         detach_reset: bool = False,
         implementation: neuron.Implementation | kernels.Kernel = "auto",

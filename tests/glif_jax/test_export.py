@@ -10,8 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from glif_jax import kernels, models, neuron, surrogates
-from glif_jax.kernels import recurrence
+from glif_jax import equations, kernels, models, neuron, surrogates
 from tests.support.glif_inputs import random_input, random_params
 
 SHAPE = (3, 2, 4)  # (T, B, C)
@@ -82,19 +81,19 @@ def test_every_public_pytree_round_trips(data):
     def terms(x, coeffs):
         # GradientTerms out.
         steps = list(x)
-        return recurrence.gradient_terms(
+        return equations.gradient_terms(
             steps, steps, None, coeffs, surrogates.rectangle(), detach_reset=False
         )
 
     cases = [
-        (neuron.coefficients, (params,), lambda out: out, recurrence.GLIFCoefficients),
+        (neuron.coefficients, (params,), lambda out: out, equations.GLIFCoefficients),
         (
             one_step,
             (state, coeffs, x[0], coeffs.input_scale[0]),
             lambda out: out[0],
             neuron.GLIFState,
         ),
-        (terms, (x, coeffs), lambda out: out, recurrence.GradientTerms),
+        (terms, (x, coeffs), lambda out: out, equations.GradientTerms),
     ]
     for function, args, select, kind in cases:
         got, serialized = round_trip(function, *args)

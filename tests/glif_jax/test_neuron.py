@@ -1,6 +1,8 @@
 """The pure GLIF core against independent transcriptions of the reference's equations."""
 
+import dataclasses
 import functools
+import inspect
 import zlib
 
 import jax
@@ -8,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glif_jax import neuron, surrogates
+from glif_jax import kernels, models, neuron, nn, surrogates
 from tests.support.glif_inputs import random_input, random_params, to_reference
 from tests.support.oracles import JAX_TO_REFERENCE, numpy_glif, torch_glif
 
@@ -256,6 +258,55 @@ def test_init_params_layer_wise_and_random_gates():
     np.testing.assert_allclose(jax.nn.sigmoid(scaled.leak), 0.5 / 12, rtol=1e-6)
 
 
+def test_initial_values_are_the_defaults_of_every_glif_builder():
+    defaults = dataclasses.asdict(neuron.InitialValues())
+    assert defaults == {
+        "tau": 0.25,
+        "v_th": 0.5,
+        "leak": neuron.LEAK_REFERENCE,
+        "v_reset": 0.5,
+        "conduct": 0.5,
+        "gates": (0.6, 0.8, 0.6),
+    }
+    for builder in (neuron.init_params, nn.GLIF.__init__, models.glif_factory):
+        parameters = inspect.signature(builder).parameters
+        for name, value in defaults.items():
+            # The networks' own defaults: random gates, and R = V_th as the reference.
+            if builder is models.glif_factory and name in ("gates", "v_reset"):
+                continue
+            assert parameters[name].default == value, (builder, name)
+
+
+def test_initial_values_checked_resolve_and_name_the_caller():
+    checked = neuron.InitialValues(leak="scaled", gates=[0.5, 0.5, 1 / 3]).checked(4)
+    assert checked.leak == 0.5 / 8 and checked.gates == (0.5, 0.5, 1 / 3)
+    assert neuron.InitialValues(gates=None).checked(4).gates is None
+    with pytest.raises(ValueError, match="layer: tau must lie in the open interval"):
+        neuron.InitialValues(tau=1.0).checked(4, "layer")
+    with pytest.raises(ValueError, match=r"layer: leak must be a number in \(0, 1\) or 'scaled'"):
+        neuron.InitialValues(leak="half").checked(4, "layer")
+    with pytest.raises(ValueError, match=r"layer: gates must be three values"):
+        neuron.InitialValues(gates=(0.5,)).checked(4, "layer")
+    with pytest.raises(TypeError, match="layer: conduct must be a number"):
+        neuron.InitialValues(conduct="0.5").checked(4, "layer")
+
+
+def test_check_sizes_names_the_caller():
+    neuron.check_sizes(None, 3)
+    neuron.check_sizes(np.int64(4), np.int32(2))
+    with pytest.raises(ValueError, match="layer: channels must be a positive int"):
+        neuron.check_sizes(0, 3, "layer")
+    with pytest.raises(ValueError, match="layer: time_steps must be a positive int, got 0"):
+        neuron.check_sizes(4, 0, "layer")
+    with pytest.raises(TypeError, match=r"layer: time_steps must be a positive int, got 2\.0"):
+        neuron.check_sizes(4, 2.0, "layer")
+
+
+def test_init_params_reads_no_gate_values_when_it_draws_the_gates():
+    drawn = neuron.init_params(3, 2, gates=(2.0, 2.0, 2.0), key=jax.random.key(0))
+    assert float(jnp.abs(drawn.alpha).max()) < 0.1
+
+
 def test_glif_step_simulates_online():
     rng = np.random.default_rng(2)
     params = random_params(rng, 7, 6)
@@ -382,8 +433,11 @@ def test_bad_simplex_code_is_an_error():
         neuron.simplex_params("12", 3, 2)
 
 
-def test_forward_mode_through_the_scan_path_matches_reverse_mode():
+@pytest.mark.parametrize(
+    "implementation", ["scan", kernels.Scan(), kernels.Scan(unroll_max_steps=0)]
+)
+def test_forward_mode_through_the_scan_path_matches_reverse_mode(implementation):
     params = random_params(np.random.default_rng(9), 3, 4)
     x = random_input(np.random.default_rng(10), (4, 2, 3))
-    run = lambda x: neuron.glif(params, x, implementation="scan")
+    run = lambda x: neuron.glif(params, x, implementation=implementation)
     np.testing.assert_allclose(jax.jacfwd(run)(x), jax.jacrev(run)(x), rtol=1e-6, atol=1e-7)

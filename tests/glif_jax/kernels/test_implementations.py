@@ -1,10 +1,11 @@
-"""Every implementation of the time loop against the reference ``lax.scan`` path.
+"""Every implementation of the time loop against the reference, ``implementation="scan"``.
 
-One parametrised test: each kernel of :mod:`glif_jax.kernels` (with its default settings, and the
-XLA one without its CPU tuning) computes the spikes, the membrane and every gradient of the scan
-path, under ``jit``, across modes, channel-wise and layer-wise parameters, dtypes, lengths and
-shapes. The loss reads both outputs, so that both cotangents flow back. The Pallas kernels run in
-Pallas's interpreter here; ``JAX_PLATFORMS=cuda`` runs them compiled on a GPU.
+One parametrised test: each kernel of :mod:`glif_jax.kernels` (with its default settings, the XLA
+one also without its CPU tuning, and the scan itself as a rolled loop at every T) computes the
+spikes, the membrane and every gradient of the scan, under ``jit``, across modes, channel-wise and
+layer-wise parameters, dtypes, lengths and shapes. The loss reads both outputs, so that both
+cotangents flow back. The Pallas kernels run in Pallas's interpreter here; ``JAX_PLATFORMS=cuda``
+runs them compiled on a GPU.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ CASES = {
 }
 
 IMPLEMENTATIONS = {
+    "scan-rolled": kernels.Scan(unroll_max_steps=0),
     "xla": kernels.Xla(),
     "xla-untuned": kernels.Xla(cpu_tuning=False),
     "pallas": kernels.Pallas(),
@@ -142,7 +144,23 @@ def test_implementation_matches_scan_in_values_and_gradients(name, implementatio
         assert np.abs(np.asarray(grad_params.conduct[1])).max() > 0
 
 
-@pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
+def test_every_kernel_is_registered_by_its_name_and_dispatched_alike():
+    assert set(kernels.KERNELS) == {"scan", "xla", "pallas"}
+    assert neuron.IMPLEMENTATIONS == ("auto", *kernels.KERNELS)
+    for name, kernel in kernels.KERNELS.items():
+        assert kernel.name == name and kernels.get(name) is kernel
+    assert isinstance(kernels.get("scan"), kernels.Scan)
+    assert kernels.differentiable_twice(kernels.Scan())
+    with pytest.raises(ValueError, match=r"unknown kernel 'fused'; expected one of \['pallas'"):
+        kernels.get("fused")
+    params = random_params(np.random.default_rng(1), 5, 4)
+    x = random_input(np.random.default_rng(2), (4, 3, 5))
+    by_name = neuron.glif(params, x, return_membrane=True, implementation="scan")
+    by_kernel = neuron.glif(params, x, return_membrane=True, implementation=kernels.Scan())
+    chex.assert_trees_all_equal(by_kernel, by_name)
+
+
+@pytest.mark.parametrize("implementation", [name for name in IMPLEMENTATIONS if "scan" not in name])
 def test_implementation_keeps_only_the_input_for_the_backward_pass(implementation):
     params = random_params(np.random.default_rng(0), 8, 4)
     x = jnp.ones((4, 16, 8))

@@ -1,21 +1,27 @@
-"""The GLIF recurrence in coefficient form: the contract every implementation shares.
+"""The GLIF neuron's equations, in coefficient form: the one place they are written.
 
-Every mode of the neuron (:mod:`glif_jax.neuron`) reduces to one update over six coefficients,
-:class:`GLIFCoefficients`, with the gates already applied::
+Every mode of the neuron reduces to one update over six coefficients, :class:`GLIFCoefficients`,
+with the gates already applied (:func:`glif_jax.neuron.coefficients` computes them from the
+parameters, the paper's Eqs. 4-12). For every step ``t = 0 … T-1``, with ``u₋₁ = o₋₁ = 0``::
 
     u_t = decay · u_{t−1} · (1 − hard_reset · o_{t−1}) − leak + input_scale_t · x_t
           − soft_reset · o_{t−1}
     o_t = H(u_t − v_th)
 
-This module holds that update (:func:`membrane_update`, :func:`forward_step`), its reverse
-(:func:`reverse_step`: the gradient with respect to u_t), and what each step contributes to the
-gradient of every coefficient, as a named structure (:class:`GradientTerms`). The scan reference
-of :mod:`glif_jax.neuron`, the XLA custom VJP (:mod:`glif_jax.kernels.xla`) and the Pallas kernels
-(:mod:`glif_jax.kernels.pallas`) import it and nothing of each other.
+This module holds that update (:func:`membrane_update`), the step that differentiates the spike
+through a surrogate (:func:`glif_step`, the body of the reference ``lax.scan``), the step the
+custom-VJP kernels recompute (:func:`forward_step`), its reverse (:func:`reverse_step`: the
+gradient with respect to u_t), and what each step contributes to the gradient of every
+coefficient, as a named structure (:class:`GradientTerms`). :mod:`glif_jax.neuron` is its face:
+it re-exports the state and the step. Every implementation of :mod:`glif_jax.kernels` imports this
+module and nothing of the others.
+
+Imports run one way: :mod:`glif_jax.surrogates` → this module → :mod:`glif_jax.kernels` →
+:mod:`glif_jax.neuron`.
 
 Every step function is elementwise over neurons, so the same code runs on whole arrays under XLA
-and on tiles held in registers inside a kernel. Spikes are booleans inside the recurrence: the
-products with a spike are selections, as o ∈ {0, 1}.
+and on tiles held in registers inside a kernel. Spikes are booleans inside :func:`forward_step`
+and :func:`reverse_step`: the products with a spike are selections, as o ∈ {0, 1}.
 """
 
 from __future__ import annotations
@@ -33,11 +39,14 @@ from glif_jax import surrogates
 
 __all__ = [
     "GLIFCoefficients",
+    "GLIFState",
     "GradientTerms",
     "coefficient_gradients",
     "forward_step",
     "forward_trace",
+    "glif_step",
     "gradient_terms",
+    "init_state",
     "membrane_update",
     "register_dataclass_serialization",
     "reverse_step",
@@ -114,20 +123,96 @@ class GLIFCoefficients:
 
 
 def membrane_update(u_prev, o_prev, x_t, input_scale_t, c: GLIFCoefficients):
-    """u_t from u_{t−1}, o_{t−1} (as numbers, 0 or 1) and the input x_t.
+    """The membrane equation: u_t from u_{t−1}, o_{t−1} and the input x_t.
 
-    The terms are grouped and ordered as the reference code computes them, so that the membrane is
-    bit-identical to it (docs/reference.md §1.3).
+    ``u_t = decay · u_{t−1} · (1 − hard_reset · o_{t−1}) − leak + input_scale_t · x_t
+    − soft_reset · o_{t−1}``. The terms are grouped and ordered as the reference code computes
+    them, so that the membrane is bit-identical to it (docs/reference.md §1.3).
+
+    Args:
+      u_prev: the membrane u_{t−1} (before reset), ``(..., C)``.
+      o_prev: the spike o_{t−1} as a number, 0 or 1, shaped as ``u_prev``.
+      x_t: the input current, shaped as ``u_prev``.
+      input_scale_t: row t of ``c.input_scale``, ``(C,)`` or ``()``.
+      c: the coefficients.
+
+    Returns:
+      u_t, shaped as ``u_prev``.
     """
     return ((c.decay * u_prev * (1 - c.hard_reset * o_prev) - c.leak) + x_t * input_scale_t) - (
         c.soft_reset * o_prev
     )
 
 
-def forward_step(u_prev, o_prev, x_t, input_scale_t, c: GLIFCoefficients):
-    """One step of the forward recurrence in the coefficients' dtype: ``(u_t, o_t)``, o_t boolean.
+@functools.partial(
+    jax.export.register_namedtuple_serialization, serialized_name="glif_jax.GLIFState"
+)
+class GLIFState(NamedTuple):
+    """The carry of the time loop: the membrane u_{t−1} (before reset) and the spike o_{t−1},
+    each ``(..., C)``. Registered for :mod:`jax.export` serialization as ``glif_jax.GLIFState``."""
 
-    ``u_prev`` and ``o_prev`` are ``None`` at t = 0 (u₋₁ = o₋₁ = 0).
+    membrane: jax.Array
+    spike: jax.Array
+
+
+def init_state(shape: Sequence[int], dtype=jnp.float32) -> GLIFState:
+    """The state before the first step: u₋₁ = 0 and o₋₁ = 0, each of ``shape`` (``(..., C)``)."""
+    zeros = jnp.zeros(shape, dtype)
+    return GLIFState(membrane=zeros, spike=zeros)
+
+
+def glif_step(
+    state: GLIFState,
+    inputs: tuple[jax.Array, jax.Array],
+    coeffs: GLIFCoefficients,
+    *,
+    surrogate: surrogates.Surrogate = surrogates.rectangle(),
+    detach_reset: bool = False,
+) -> tuple[GLIFState, jax.Array]:
+    """One GLIF time step, u_t by :func:`membrane_update` and ``o_t = H(u_t − v_th)`` with the
+    surrogate's derivative: the body that the reference ``lax.scan`` runs over time
+    (:class:`glif_jax.kernels.Scan`).
+
+    Args:
+      state: u_{t−1} and o_{t−1}, each ``(..., C)`` (:func:`init_state` at t = 0).
+      inputs: ``(x_t, input_scale_t)``: the input current ``(..., C)`` and the row t of
+        ``coeffs.input_scale`` (``(C,)`` or scalar).
+      coeffs: from :func:`glif_jax.neuron.coefficients`.
+      surrogate: the spike's surrogate derivative.
+      detach_reset: stop the gradient through o_{t−1} in the reset terms.
+
+    Returns:
+      ``(GLIFState(u_t, o_t), o_t)``.
+
+    Example:
+      Online simulation, one step at a time, gives the spikes of :func:`glif_jax.neuron.glif`:
+
+      >>> import jax, jax.numpy as jnp
+      >>> from glif_jax import neuron
+      >>> params = neuron.init_params(8, 3, key=jax.random.key(0))
+      >>> x = jax.random.normal(jax.random.key(1), (3, 2, 8))
+      >>> coeffs = neuron.coefficients(params, "soft")
+      >>> state = neuron.init_state(x.shape[1:])
+      >>> spikes = []
+      >>> for t in range(3):
+      ...     state, spike = neuron.glif_step(state, (x[t], coeffs.input_scale[t]), coeffs)
+      ...     spikes.append(spike)
+      >>> bool((jnp.stack(spikes) == neuron.glif(params, x)).all())
+      True
+    """
+    x_t, input_scale_t = inputs
+    o_prev = jax.lax.stop_gradient(state.spike) if detach_reset else state.spike
+    u = membrane_update(state.membrane, o_prev, x_t, input_scale_t, coeffs)
+    o = surrogates.spike(u - coeffs.v_th, surrogate)
+    return GLIFState(u, o), o
+
+
+def forward_step(u_prev, o_prev, x_t, input_scale_t, c: GLIFCoefficients):
+    """One step of the forward recurrence in the coefficients' dtype, the spike without a
+    derivative: ``(u_t, o_t)``, u_t by :func:`membrane_update` and o_t = ``u_t − v_th > 0``
+    boolean, each shaped as ``x_t`` (``(..., C)``).
+
+    ``u_prev`` and ``o_prev`` (boolean) are ``None`` at t = 0 (u₋₁ = o₋₁ = 0).
     """
     dtype = c.v_th.dtype
     if u_prev is None:
