@@ -98,9 +98,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         message = " ".join(str(error).split())
     except (AttributeError, KeyError) as error:  # a --config.KEY the config does not have
         given = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")]
+        key = str(error).strip("\"'")
         message = (
-            f"unknown config key {str(error).strip(chr(34) + chr(39))!r} (given: {', '.join(given)}); the keys are documented "
-            "in experiments/configs/base.py."
+            f"unknown config key {key!r} (given: {', '.join(given)}); the keys are documented in "
+            "experiments/configs/base.py."
         )
     print(f"error: {message} (--help lists the flags)", file=sys.stderr)
     sys.exit(2)
@@ -172,7 +173,7 @@ def _run(config, workdir: str) -> None:
             sys.exit(1)
         return
     if FLAGS.mode == "train":
-        train.train_and_evaluate(config, workdir, allow_schedule_change=FLAGS.allow_schedule_change)
+        train_and_analyze(config, workdir, allow_schedule_change=FLAGS.allow_schedule_change)
     elif FLAGS.mode == "eval":
         result = train.evaluate(
             config,

@@ -102,6 +102,17 @@ def test_a_held_workdir_refuses_a_second_holder_naming_the_first(tmp_path):
         pass
 
 
+def _start(workdir: Path) -> subprocess.Popen:
+    """A tiny training run into ``workdir``, in the background."""
+    return subprocess.Popen(
+        _command(TINY, f"--workdir={workdir}"),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _wait_for_holder(workdir: Path, process: subprocess.Popen, timeout: float = 120) -> dict:
     lock = workdir / workdir_lock.LOCK_FILE
     deadline = time.monotonic() + timeout
@@ -115,13 +126,7 @@ def _wait_for_holder(workdir: Path, process: subprocess.Popen, timeout: float = 
 
 @pytest.mark.slow
 def test_two_concurrent_runs_one_refuses_and_the_other_logs_every_step_once(tmp_path):
-    first = subprocess.Popen(
-        _command(TINY, f"--workdir={tmp_path}"),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = _start(tmp_path)
     holder = _wait_for_holder(tmp_path, first)
     second = _run(TINY, f"--workdir={tmp_path}")
     assert second.returncode == 1
@@ -138,20 +143,16 @@ def test_two_concurrent_runs_one_refuses_and_the_other_logs_every_step_once(tmp_
 
 @pytest.mark.slow
 def test_a_killed_runs_lock_is_taken_over(tmp_path):
-    killed = subprocess.Popen(
-        _command(TINY, f"--workdir={tmp_path}"),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    killed = _start(tmp_path)
     holder = _wait_for_holder(tmp_path, killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    result = _run(TINY, f"--workdir={tmp_path}")
+    result = _run(TINY, f"--workdir={tmp_path}", "--config.analyze_after_training=True")
     assert result.returncode == 0, result.stderr[-3000:]
     taken = "taking over the lock of a run that ended without releasing it"
     assert f"{taken} (pid {holder['pid']} on {holder['host']}" in result.stdout + result.stderr
+    # The command ends with the spike analysis of the network it trained.
+    assert "spike activity over 360 test images" in result.stdout.strip().splitlines()[-1]
 
 
 # ------------------------------------------------------------------------------------------------
