@@ -122,6 +122,7 @@ def _config():
 
 
 def _check_workdir(workdir: str) -> None:
+    """A directory (made if missing) that this user can write."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise UsageError(f"--workdir={workdir} is a file; expected a directory (new or a run's).")
     try:
@@ -230,7 +231,8 @@ def main(argv):
     try:
         _check_flags(argv)
         config = _config()
-        _check_workdir(FLAGS.workdir)
+        if os.path.isfile(FLAGS.workdir):
+            _check_workdir(FLAGS.workdir)
     except (UsageError, ConfigError, aot.CompileError) as error:
         _fail(error, 2)
     several = distributed.initialize_distributed(
@@ -243,6 +245,7 @@ def main(argv):
 
     try:
         train.check_model(config)
+        _check_workdir(FLAGS.workdir)  # made only once everything else is known to be right
         _run(config, FLAGS.workdir)
     except (UsageError, ConfigError, aot.CompileError) as error:
         _fail(error, 2)

@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--devices", default="1,2,4,8")
     parser.add_argument("--per-device-batch", type=int, default=2)
     parser.add_argument("--topologies", default="", help="TPU topologies instead of CPU devices")
+    parser.add_argument("--steps", default="train,eval", help="which steps to compile")
     args = parser.parse_args()
     counts = [int(n) for n in args.devices.split(",")]
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={max(counts)}"
@@ -73,7 +74,9 @@ def main() -> None:
         results[case] = {}
         for name, devices, chip in runs:
             config.batch_size = args.per_device_batch * len(devices)
-            results[case][name], _ = aot.compile_steps(config, devices, chip=chip)
+            results[case][name], _ = aot.compile_steps(
+                config, devices, chip=chip, steps=args.steps.split(",")
+            )
     print(json.dumps(results))
 
 
