@@ -8,13 +8,18 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 WORKDIR ?= runs/digits
 
-.PHONY: demo test lint bench docs faults clean
+.PHONY: demo test test-fast lint bench docs faults clean
 
 demo: $(VENV)/.demo
 	$(BIN)/python -m experiments.main --config=experiments/configs/digits.py --workdir=$(WORKDIR)
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest -n 2 --durations=15
+
+# The edit loop: everything but the tests marked slow (whole runs, subprocesses, notebooks,
+# full-size compiles).
+test-fast: $(VENV)/.test
+	$(BIN)/python -m pytest -n 2 -m "not slow" --durations=10
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check .

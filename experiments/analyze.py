@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import data, reporting, train
+from experiments.settings import Settings
 from glif_jax import analysis
 
 __all__ = ["analyze", "analyze_model", "summary_line"]
@@ -46,10 +47,11 @@ def analyze(
     """
     workdir = Path(workdir)
     _check_single_process()
+    settings = Settings.from_config(config)
     trainer, state, source = train.load_for_evaluation(
-        config, workdir, checkpoint=checkpoint, reference_checkpoint=reference_checkpoint
+        settings, workdir, checkpoint=checkpoint, reference_checkpoint=reference_checkpoint
     )
-    return analyze_model(trainer.model(state), config, workdir, source=source, mesh=trainer.mesh)
+    return analyze_model(trainer.model(state), settings, workdir, source=source, mesh=trainer.mesh)
 
 
 def _check_single_process() -> None:
@@ -60,9 +62,14 @@ def _check_single_process() -> None:
 
 
 def analyze_model(
-    model, config, workdir: Path, *, source: str, mesh: jax.sharding.Mesh | None = None
+    model,
+    settings: Settings,
+    workdir: Path,
+    *,
+    source: str,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, Any]:
-    """Analyse ``model`` (in evaluation mode) over the test split of ``config``'s dataset and
+    """Analyse ``model`` (in evaluation mode) over the test split of ``settings``' dataset and
     write the report, its table and plots into ``workdir``.
 
     With ``mesh`` (the one ``model``'s state is replicated over) every batch is split over its
@@ -70,9 +77,11 @@ def analyze_model(
     split's last) runs whole on each.
     """
     _check_single_process()
-    info = data.dataset_info(config.dataset)
+    info = data.dataset_info(settings.input.dataset)
     batches = data.eval_batches(
-        config.dataset, data_dir=config.data_dir, global_batch_size=config.batch_size
+        settings.input.dataset,
+        data_dir=settings.input.data_dir,
+        global_batch_size=settings.input.batch_size,
     )
     with tqdm.tqdm(total=info.num_eval, desc="spike analysis", unit="img") as bar:
 
@@ -91,8 +100,8 @@ def analyze_model(
         with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
             report = analysis.analyze(model, real_examples())
     report = {
-        "model": config.model,
-        "dataset": config.dataset,
+        "model": settings.network.model,
+        "dataset": settings.input.dataset,
         "split": "eval",
         "source": source,
         **report,

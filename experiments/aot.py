@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from experiments import data, train
+from experiments.settings import Settings
 
 __all__ = [
     "CHIPS",
@@ -287,7 +288,7 @@ def compile_steps(
     info = data.dataset_info(config.dataset)
     global_batch = config.batch_size
     mesh = train.make_mesh(global_batch, devices)
-    trainer = train.Trainer(config, info.num_classes, 1, mesh)
+    trainer = train.Trainer(Settings.from_config(config), info.num_classes, 1, mesh)
     hbm_bytes = chip.hbm_bytes if chip else _local_hbm_bytes(devices[0])
     param_bytes = sum(
         math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize
@@ -342,7 +343,10 @@ def find_max_batch(
         trial = config.copy_and_resolve_references()
         trial.batch_size = per_device * len(devices)
         trainer = train.Trainer(
-            trial, info.num_classes, 1, train.make_mesh(trial.batch_size, devices)
+            Settings.from_config(trial),
+            info.num_classes,
+            1,
+            train.make_mesh(trial.batch_size, devices),
         )
         batch = _batch(info, trial.batch_size, trainer.batch_sharding, eval=False)
         memory = trainer.lower("train", batch).compile().memory_analysis()

@@ -1,34 +1,33 @@
-"""Checkpoints of a run: ``latest/`` and ``best/`` in the workdir, written by orbax.
+"""Checkpoints of a run: one orbax ``CheckpointManager`` over ``workdir/checkpoints/<step>``.
 
-``latest/`` is written every ``checkpoint_every_steps`` steps, at the end of every epoch and when
-a run is interrupted, and keeps the newest ``max_to_keep`` (2 by default, so that a damaged one
-has an intact one to fall back to); ``best/`` keeps the state
-of the best end-of-epoch test accuracy. Each checkpoint holds the training state and a small JSON
-``meta``: the config's state-defining keys (:func:`config_fingerprint`), the best and last test
-results and the wall time so far.
+What orbax gives: atomic commits (each checkpoint is written into a temporary folder and renamed
+when complete, so a process killed while writing leaves the previous ones intact), asynchronous
+saves, and a preservation policy: the newest ``max_to_keep`` checkpoints (2 by default, so that a
+damaged one has an intact one to fall back to) and the one of the best end-of-epoch test top-1
+(each end-of-epoch checkpoint carries it as orbax's ``metrics``).
 
-What survives what:
+What this module adds, because orbax does not do it:
 
-- orbax writes each checkpoint into a temporary folder and renames it when complete, so a process
-  killed while writing leaves the previous checkpoints intact; the temporary folder is ignored;
-- a checkpoint that cannot be read (its files truncated by a full disk or a copy cut short) is
-  reported in one line naming its step and the reason, and :meth:`Checkpoints.restore` falls back
-  to the newest intact one (a run that resumes moves the damaged ones to
-  ``checkpoints/damaged/``); with none intact it raises :class:`CheckpointCorruptError` and the
-  run stops, rather than start from scratch over a workdir that had checkpoints;
-- a checkpoint written by another config, or for another model, is a
-  :class:`CheckpointMismatchError`: a different run, not damage, so there is no fallback.
+- a :func:`config_fingerprint` in each checkpoint's ``meta``, checked on restore: a checkpoint of
+  another config, or for another model, is a :class:`CheckpointMismatchError` (a different run,
+  not damage, so there is no fallback);
+- an integrity record (:data:`INTEGRITY_FILE`: each file's size and CRC-32). Tensorstore checks
+  the CRC-32C of the OCDBT b-tree nodes and a truncated file fails to read, but the arrays'
+  bytes carry no checksum: one byte changed in a data file restores silently as another value
+  (orbax writes zarr3's ``crc32c`` codec only on shard indices, with no option to add it to the
+  data). A checkpoint killed before its record was written is checked by reading it back whole;
+- the fallback: a checkpoint that is damaged is reported in one line naming its step and the
+  reason, and :meth:`Checkpoints.restore` takes the newest intact one (a run that resumes moves
+  the damaged ones to ``checkpoints/damaged/``); with none intact it raises
+  :class:`CheckpointCorruptError`, rather than start from scratch over a workdir that had
+  checkpoints.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import gc
 import json
-import os
+import math
 import sys
-import tempfile
-import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -36,40 +35,27 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 
-from experiments import recipe
-
 __all__ = [
-    "SCHEDULE_KEYS",
-    "STATE_DEFINING_KEYS",
-    "STRUCTURE_KEYS",
+    "INTEGRITY_FILE",
     "CheckpointCorruptError",
     "CheckpointMismatchError",
     "Checkpoints",
-    "config_fingerprint",
 ]
 
-STRUCTURE_KEYS = (
-    "dataset",
-    "model",
-    "model_options",
-    "time_steps",
-    "compute_dtype",
-    "batch_size",
-    "seed",
-)
-"""Config keys that define what a checkpoint's state is (its arrays, and which example each step
-reads): resuming with another value is an error."""
+INTEGRITY_FILE = "integrity.json"
+"""Written into each finished checkpoint: the size and CRC-32 of every file of it."""
 
-SCHEDULE_KEYS = tuple(field.name for field in dataclasses.fields(recipe.Recipe))
-"""The recipe's keys (:class:`experiments.recipe.Recipe`: learning rate, epochs, schedule,
-optimizer and loss settings): they change how the state moves on, not what it is, so a resume may
-change them when asked to (``allow_change``); the change is recorded."""
+BEST_METRIC = "test_top1"
+"""The ``metrics`` key by which orbax keeps the best checkpoint (the higher, the better)."""
 
-STATE_DEFINING_KEYS = STRUCTURE_KEYS + SCHEDULE_KEYS
-"""Every key a checkpoint records (:func:`config_fingerprint`)."""
+
+def _rank(metrics: dict) -> tuple[float, int]:
+    """A checkpoint's rank by its metrics: the higher top-1, then the earlier step (the first
+    epoch to reach a top-1 stays the best, as a ``>`` comparison keeps it). A checkpoint inside
+    an epoch has no top-1 and ranks below every end-of-epoch one."""
+    return metrics.get(BEST_METRIC, -math.inf), -metrics["step"]
 
 
 class CheckpointMismatchError(ValueError):
@@ -80,23 +66,8 @@ class CheckpointCorruptError(RuntimeError):
     """Checkpoints exist in the workdir but none of them can be read."""
 
 
-def config_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The config's :data:`STATE_DEFINING_KEYS` as plain JSON values."""
-    return {
-        key: json.loads(json.dumps(config[key], default=lambda o: o.to_dict()))
-        for key in STATE_DEFINING_KEYS
-    }
-
-
-def _reason(error: BaseException) -> str:
-    """The gist of an error in one line, without the details orbax and tensorstore add."""
-    lines = str(error).strip().splitlines()
-    text = lines[0].split(" See full TensorStore details")[0] if lines else ""
-    return f"{type(error).__name__}: {text}"[:200]
-
-
-INTEGRITY_FILE = "integrity.json"
-"""Written into each finished checkpoint: the size and CRC-32 of every file of it."""
+# ------------------------------------------------------------------------------------------------
+# The integrity record
 
 
 def _crc32(path: Path) -> int:
@@ -108,7 +79,7 @@ def _crc32(path: Path) -> int:
 
 
 def seal(step_dir: Path) -> None:
-    """Record the size and CRC-32 of every file of a finished checkpoint, in
+    """Record the size and CRC-32 of every file of a finished checkpoint in
     :data:`INTEGRITY_FILE`."""
     files = {
         str(path.relative_to(step_dir)): [path.stat().st_size, _crc32(path)]
@@ -139,52 +110,45 @@ def damage(step_dir: Path) -> str | None:
     return None
 
 
-def _attempt(read: Callable[[], Any]) -> tuple[Any, str | None]:
-    """``(read(), None)``, or ``(None, reason)`` if it raised; stderr is held back meanwhile.
+def _ignore_late_reads(previous):
+    """An unraisable-exception hook that drops what a failed restore leaves behind: tensorstore's
+    other reads of that checkpoint finish later and post their results to orbax's event loop,
+    already closed (``asyncio``'s ``_check_closed`` raises in a callback nobody awaits). Anything
+    else goes to ``previous``."""
 
-    A failing orbax restore leaves tensorstore's other reads to fail one by one in background
-    threads, each printing a traceback: they are let finish into the capture and dropped. What
-    a successful read prints is passed on.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        result, reason = None, None
-        try:
-            result = read()
-        except CheckpointMismatchError:
-            raise
-        except Exception as error:  # any damage is reported, then skipped
-            reason = _reason(error)
-        finally:
-            if reason is not None:
-                # The failed reads' coroutines print when they are collected.
-                gc.collect()
-                time.sleep(0.5)
-                gc.collect()
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-        if reason is None:
-            captured.seek(0)
-            if text := captured.read():
-                os.write(2, text)
-    return result, reason
+    def hook(unraisable):
+        error, frames = unraisable.exc_value, unraisable.exc_traceback
+        while frames is not None and frames.tb_next is not None:
+            frames = frames.tb_next
+        late = frames is not None and frames.tb_frame.f_code.co_name == "_check_closed"
+        if not (isinstance(error, RuntimeError) and late):
+            previous(unraisable)
+
+    hook.ignores_late_reads = True
+    return hook
+
+
+# ------------------------------------------------------------------------------------------------
+# The manager
 
 
 class Checkpoints:
-    """The ``latest`` and ``best`` checkpoints of a workdir.
+    """The checkpoints of a workdir, in ``workdir/checkpoints``.
 
     Args:
-      workdir: the run's folder; checkpoints go to ``workdir/checkpoints/{latest,best}``.
-      max_to_keep: how many ``latest`` checkpoints to keep (``best`` keeps one).
-      fingerprint: this run's :func:`config_fingerprint`, stored with each checkpoint and checked
-        on restore.
+      workdir: the run's folder.
+      max_to_keep: how many of the newest checkpoints to keep (the best is kept besides).
+      fingerprint: this run's config fingerprint (:func:`experiments.recipe.config_fingerprint`),
+        stored with each checkpoint and checked on restore.
+      schedule_keys: the fingerprint's keys that a resume may change when ``allow_change``.
       report: where the one-line reports of damaged checkpoints go.
-      allow_change: restore a checkpoint whose :data:`SCHEDULE_KEYS` differ from
-        ``fingerprint``'s (its :data:`STRUCTURE_KEYS` must still match); the differences are then
-        in :attr:`changes` after :meth:`restore`.
+      allow_change: restore a checkpoint whose ``schedule_keys`` differ from ``fingerprint``'s
+        (its other keys must still match); the differences are then in :attr:`changes` after
+        :meth:`restore`.
+
+    Raises:
+      CheckpointMismatchError: the workdir holds checkpoints in the layout of the earlier
+        versions (``checkpoints/latest``).
     """
 
     def __init__(
@@ -192,165 +156,168 @@ class Checkpoints:
         workdir: Path,
         max_to_keep: int,
         fingerprint: dict[str, Any],
+        schedule_keys: tuple[str, ...] = (),
         *,
         report: Callable[[str], None] = print,
         allow_change: bool = False,
     ):
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be at least 1, got {max_to_keep}.")
-        root = (Path(workdir) / "checkpoints").absolute()
+        self.directory = (Path(workdir) / "checkpoints").absolute()
+        if (self.directory / "latest").is_dir():
+            raise CheckpointMismatchError(
+                f"{self.directory} holds checkpoints in an earlier layout (latest/, best/): "
+                f"move the step folders of {self.directory / 'latest'} up into {self.directory} "
+                "to resume them (best/ may be deleted), or use a new --workdir."
+            )
         self.fingerprint = fingerprint
+        self.schedule_keys = tuple(schedule_keys)
         self.report = report
         self.allow_change = allow_change
         self.changes: dict[str, list] = {}  # key -> [checkpoint's value, this run's]
-
-        def manager(name: str, keep: int) -> ocp.CheckpointManager:
-            # Each manager its own barrier keys: the two save the same step numbers, and with
-            # shared keys one save's cross-process barrier could be met by the other's.
-            multiprocessing = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
-            options = ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, multiprocessing_options=multiprocessing
-            )
-            handlers = {
-                "state": ocp.StandardCheckpointHandler(),
-                "meta": ocp.JsonCheckpointHandler(),
-            }
-            return ocp.CheckpointManager(root / name, options=options, item_handlers=handlers)
-
-        self.managers = {"latest": manager("latest", max_to_keep), "best": manager("best", 1)}
-
-    def _save(self, which: str, state, meta: dict) -> None:
-        # One save in flight at a time, so that every process meets the barriers of the two
-        # managers' background threads in one order; the finished ones are sealed.
-        self.wait()
-        manager = self.managers[which]
-        step = int(jax.device_get(state.step))
-        if step in manager.all_steps():
-            return
-        meta = {"config": self.fingerprint, **meta}
-        saving = manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+        best = ocp.checkpoint_managers.BestN(get_metric_fn=_rank, n=1)
+        options = ocp.CheckpointManagerOptions(
+            create=True,
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
+                [ocp.checkpoint_managers.LatestN(n=max_to_keep), best]
             ),
+            # Orbax writes a checkpoint's metrics only when it tracks a best; every checkpoint
+            # passes some (its step), so that none is saved without.
+            best_fn=_rank,
+            best_mode="max",
         )
-        if not saving:
-            newest = manager.latest_step()
-            self.report(
-                f"checkpoint {which}/{step} was not written: {which}/{newest} is newer; move it "
-                "away if it does not belong to this run"
-            )
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=handlers
+        )
+        self._unsealed: int | None = None
 
-    def save_latest(self, state, meta: dict) -> None:
-        """Write ``state`` (a pytree with a ``step``) and ``meta`` to ``latest/``, in the
-        background."""
-        self._save("latest", state, meta)
-
-    def save_best(self, state, meta: dict) -> None:
-        """Write ``state`` and ``meta`` to ``best/``, in the background."""
-        self._save("best", state, meta)
-
-    def seal_finished(self) -> None:
-        """Seal (:func:`seal`) every finished checkpoint that is not sealed yet; on process 0."""
-        if jax.process_index() != 0:
+    def save(self, state, meta: dict, *, test_top1: float | None = None) -> None:
+        """Write ``state`` (a pytree with a ``step``) and ``meta`` in the background; an
+        end-of-epoch checkpoint passes its ``test_top1``, by which the best is kept."""
+        self.wait()  # one save in flight: the previous one is finished and sealed first
+        step = int(jax.device_get(state.step))
+        if step in self.manager.all_steps():
             return
-        for which, manager in self.managers.items():
-            if manager.is_saving_in_progress():
-                continue
-            for step in manager.all_steps():
-                step_dir = self._step_dir(which, step)
-                if step_dir.is_dir() and not (step_dir / INTEGRITY_FILE).exists():
-                    seal(step_dir)
+        metrics = {"step": step} if test_top1 is None else {BEST_METRIC: test_top1, "step": step}
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            meta=ocp.args.JsonSave({"config": self.fingerprint, **meta}),
+        )
+        if self.manager.save(step, args=args, metrics=metrics):
+            self._unsealed = step
+        else:
+            self.report(
+                f"checkpoint {step} was not written: {self.manager.latest_step()} is newer; move "
+                "it away if it does not belong to this run"
+            )
 
     def wait(self) -> None:
-        """Wait for the saves in flight, and seal them."""
-        for manager in self.managers.values():
-            manager.wait_until_finished()
-        self.seal_finished()
+        """Wait for the save in flight, and seal it (on process 0)."""
+        self.manager.wait_until_finished()
+        step, self._unsealed = self._unsealed, None
+        if step is not None and jax.process_index() == 0 and self._step_dir(step).is_dir():
+            seal(self._step_dir(step))
 
-    def steps(self, which: str = "latest") -> list[int]:
-        """The steps of the finished checkpoints of ``which``, oldest first."""
-        return sorted(self.managers[which].all_steps())
+    def steps(self) -> list[int]:
+        """The steps of the finished checkpoints, oldest first."""
+        return sorted(self.manager.all_steps())
 
-    def _step_dir(self, which: str, step: int) -> Path:
-        return Path(self.managers[which].directory) / str(step)
+    def path(self, step: int) -> Path:
+        """The folder of the checkpoint of ``step``."""
+        return self._step_dir(step)
+
+    def _step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def _candidates(self, which: str) -> list[int]:
+        """The steps ``restore`` tries, in order: the newest first, or the best first."""
+        if which == "latest":
+            return self.steps()[::-1]
+        if which != "best":
+            raise ValueError(f"which must be 'latest' or 'best', got {which!r}.")
+        metrics = {step: self.manager.metrics(step) or {} for step in self.steps()}
+        ranked = sorted((_rank(m), s) for s, m in metrics.items() if BEST_METRIC in m)
+        return [step for _, step in reversed(ranked)]
 
     def restore(
         self, abstract_state, which: str = "latest", *, set_aside: bool = False
     ) -> tuple[Any, dict] | None:
-        """The newest intact checkpoint of ``which`` (``latest`` or ``best``) as ``(state,
-        meta)``, or ``None`` if there is none at all.
+        """The newest (``latest``) or best (``best``) intact checkpoint as ``(state, meta)``, or
+        ``None`` if there is none at all.
 
         A checkpoint whose files differ from what was written, or that orbax cannot read, is
         reported in one line and skipped. With ``set_aside`` (a run that will write again), the
-        damaged checkpoints newer than the one restored are moved to ``checkpoints/damaged/``, so
-        that the run writes its next checkpoints over neither them nor their slots.
+        damaged checkpoints skipped are moved to ``checkpoints/damaged/``, so that the run
+        writes its next checkpoints over neither them nor their slots.
 
         Raises:
-          CheckpointMismatchError: the newest readable checkpoint was written by a different
-            config, or its arrays do not match this model.
+          CheckpointMismatchError: the checkpoint was written by a different config, or its
+            arrays do not match this model.
           CheckpointCorruptError: checkpoints exist, but none is intact.
         """
-        manager = self.managers[which]
         failures = []
-        for step in reversed(self.steps(which)):
-            step_dir = self._step_dir(which, step)
-            problem = damage(step_dir)
+        for step in self._candidates(which):
+            problem = damage(self._step_dir(step))
             if problem is None:
-                restored, problem = _attempt(
-                    lambda step=step: self._read(manager, step, abstract_state)
-                )
+                try:
+                    restored = self._read(step, abstract_state)
+                except CheckpointMismatchError:
+                    raise
+                except Exception as error:  # whatever the read met, the checkpoint is damaged
+                    problem = f"{type(error).__name__}: {str(error).strip().splitlines()[0]}"
+                    problem = problem[:200]
+                    if not getattr(sys.unraisablehook, "ignores_late_reads", False):
+                        sys.unraisablehook = _ignore_late_reads(sys.unraisablehook)
             if problem is not None:
                 failures.append((step, problem))
-                self.report(f"checkpoint {which}/{step} is damaged: {problem}")
+                self.report(f"checkpoint {step} is damaged: {problem}")
                 continue
             if failures:
-                self.report(f"resuming from the newest intact checkpoint, {which}/{step}")
+                self.report(f"resuming from the newest intact checkpoint, {step}")
                 if set_aside:
-                    self._set_aside(which, [failed for failed, _ in failures])
+                    self._set_aside([failed for failed, _ in failures])
+            step_dir = self._step_dir(step)
             if jax.process_index() == 0 and not (step_dir / INTEGRITY_FILE).exists():
                 seal(step_dir)  # it was read back whole
             return restored
         if failures:
             lines = "\n".join(f"  step {step}: {reason}" for step, reason in failures)
             raise CheckpointCorruptError(
-                f"no checkpoint in {manager.directory} is intact:\n{lines}\n"
+                f"no checkpoint in {self.directory} is intact:\n{lines}\n"
                 "Nothing was overwritten. Restore the folder from a copy, or move it away to "
                 "start this run again from scratch."
             )
         return None
 
-    def _set_aside(self, which: str, steps: list[int]) -> None:
+    def _set_aside(self, steps: list[int]) -> None:
         """Move damaged checkpoints out of the manager's folder (kept, not deleted)."""
-        manager = self.managers[which]
-        damaged = Path(manager.directory).parent / "damaged"
+        damaged = self.directory / "damaged"
         if jax.process_index() == 0:
             damaged.mkdir(exist_ok=True)
             for step in steps:
-                target = damaged / f"{which}-{step}"
+                target = damaged / str(step)
                 while target.exists():
                     target = target.with_name(target.name + "+")
-                self._step_dir(which, step).rename(target)
-                self.report(f"moved the damaged checkpoint {which}/{step} to {target}")
+                self._step_dir(step).rename(target)
+                self.report(f"moved the damaged checkpoint {step} to {target}")
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
-            multihost_utils.sync_global_devices(f"set aside damaged {which} checkpoints")
-        manager.reload()
+            multihost_utils.sync_global_devices("set aside damaged checkpoints")
+        self.manager.reload()
 
-    def _read(self, manager, step: int, abstract_state) -> tuple[Any, dict]:
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    def _read(self, step: int, abstract_state) -> tuple[Any, dict]:
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         meta = dict(meta["meta"])
-        self._check_fingerprint(meta, manager.directory, step)
-        self._check_arrays(manager, step, abstract_state)
-        restored = manager.restore(
+        self._check_fingerprint(meta.pop("config", {}), step)
+        self._check_arrays(step, abstract_state)
+        restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
         )
-        meta.pop("config", None)
         return restored["state"], meta
 
-    def _check_fingerprint(self, meta: dict, directory, step: int) -> None:
-        saved = meta.get("config", {})
+    def _check_fingerprint(self, saved: dict, step: int) -> None:
         differences = {
             key: [saved.get(key), value]
             for key, value in self.fingerprint.items()
@@ -360,25 +327,23 @@ class Checkpoints:
             f"{key}: checkpoint has {was!r}, config has {now!r}"
             for key, (was, now) in differences.items()
         )
-        structural = set(differences) - set(SCHEDULE_KEYS)
-        if structural:
+        if set(differences) - set(self.schedule_keys):
             raise CheckpointMismatchError(
-                f"the checkpoint at step {step} in {directory} was written by a different "
+                f"the checkpoint at step {step} in {self.directory} was written by a different "
                 f"config ({described}). Use a new --workdir, or the config it was written with."
             )
         if differences and not self.allow_change:
             raise CheckpointMismatchError(
-                f"the checkpoint at step {step} in {directory} was written with another schedule "
-                f"({described}). To continue it with the new values, pass "
+                f"the checkpoint at step {step} in {self.directory} was written with another "
+                f"schedule ({described}). To continue it with the new values, pass "
                 "--allow_schedule_change; else use the config it was written with."
             )
         self.changes = differences
 
-    @staticmethod
-    def _check_arrays(manager, step: int, abstract_state) -> None:
+    def _check_arrays(self, step: int, abstract_state) -> None:
         """Raise :class:`CheckpointMismatchError` when the checkpoint holds other arrays than the
         model's: a different run or version, not damage."""
-        saved = jax.tree.leaves(manager.item_metadata(step)["state"])
+        saved = jax.tree.leaves(self.manager.item_metadata(step)["state"])
 
         def shapes(leaves):
             return Counter((tuple(a.shape), str(a.dtype)) for a in leaves)
@@ -388,8 +353,8 @@ class Checkpoints:
             missing = sorted((ours - theirs).elements())[:3]
             extra = sorted((theirs - ours).elements())[:3]
             raise CheckpointMismatchError(
-                f"the checkpoint at step {step} in {manager.directory} holds other arrays than "
-                f"the model of this config ({sum(ours.values())} in the model, "
+                f"the checkpoint at step {step} in {self.directory} holds other arrays than the "
+                f"model of this config ({sum(ours.values())} in the model, "
                 f"{sum(theirs.values())} in the checkpoint; the model's {missing} against the "
                 f"checkpoint's {extra}). Use a new --workdir, or the config and version it was "
                 "written with."

@@ -227,6 +227,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # checkpointing logs every save at INFO
     from experiments import aot, checkpointing, data, train, workdir_lock
     from experiments.configs.base import ConfigError
+    from experiments.settings import Settings
 
     try:
         _check_flags(argv)
@@ -244,7 +245,7 @@ def main(argv):
     import jax
 
     try:
-        train.check_model(config)
+        train.check_model(Settings.from_config(config))
         _check_workdir(FLAGS.workdir)  # made only once everything else is known to be right
         _run(config, FLAGS.workdir)
     except (UsageError, ConfigError, aot.CompileError) as error:

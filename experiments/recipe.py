@@ -6,8 +6,8 @@ convention; weight decay on conv, linear and BN parameters and none on GLIF para
 cross-entropy on the mean-over-T logits. The CIFAR10-DVS recipe is the same functions with other
 values (docs/reference.md §4.3).
 
-A :class:`Recipe` holds the config's recipe keys as typed values, so that everything below the
-top of :func:`experiments.train.train_and_evaluate` takes arguments, not a config.
+A :class:`Recipe` holds the config's recipe keys as typed values (read by
+:meth:`experiments.settings.Settings.from_config`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -66,11 +65,6 @@ class Recipe:
     def __post_init__(self):
         if self.loss not in ("cross_entropy", "tet"):
             raise ValueError(f"unknown loss {self.loss!r}; expected 'cross_entropy' or 'tet'.")
-
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> Recipe:
-        """The recipe keys of ``config``."""
-        return cls(**{field.name: config[field.name] for field in dataclasses.fields(cls)})
 
 
 def param_group(path: tuple) -> str:

@@ -22,85 +22,68 @@ from glif_jax import nn as glif_nn
 
 
 class Window:
-    """Training metrics accumulated on device between two log lines, and the guard against a
-    non-finite loss: the first step whose loss was not finite, and the last finite loss.
+    """Training metrics accumulated on device between two log lines.
 
-    Accumulating costs no device-to-host transfer; :meth:`flush` (at a log line) and
-    :meth:`check` (before a checkpoint) read the window back.
+    Accumulating costs no device-to-host transfer; :meth:`flush` reads the window back at a log
+    line. Across windows it also keeps, on device, the first step whose loss was not finite and
+    the last finite loss with its step (:meth:`loss_record`), for the run's non-finite guard.
     """
 
     def __init__(self):
-        self.last_finite: dict[str, float] | None = None
+        self.loss_state = {
+            "first_non_finite": jnp.asarray(-1, jnp.int32),
+            "last_finite": jnp.asarray([-1.0, 0.0], jnp.float32),  # (step, loss)
+        }
         self._reset()
 
     def _reset(self) -> None:
-        self.totals: dict[str, Any] | None = None
+        self.sums: dict[str, Any] | None = None
         self.steps = 0
         self.examples = 0
         self.start = time.perf_counter()
 
     def add(self, metrics: dict[str, jax.Array], step: int, batch_size: int) -> None:
         """Add the metrics of ``step`` (``loss``, ``top1``, ``top5``) on device."""
-        if self.totals is None:
-            self.totals = _first_totals(metrics)
-        self.totals = _accumulate(self.totals, metrics, step)
+        if self.sums is None:
+            self.sums = jax.tree.map(jnp.zeros_like, metrics)
+        self.sums, self.loss_state = _accumulate(self.sums, self.loss_state, metrics, step)
         self.steps += 1
         self.examples += batch_size
 
-    def check(self) -> tuple[int | None, dict[str, float] | None]:
-        """The first step of the window so far whose loss was not finite (or ``None``), and the
-        last finite loss with its step (or ``None``); reads the window back from the device."""
-        if self.totals is None:
-            return None, self.last_finite
-        first, last = jax.device_get((self.totals["first_non_finite"], self.totals["last_finite"]))
-        return (None if first < 0 else int(first)), self._last_finite(last) or self.last_finite
+    def loss_record(self) -> tuple[int | None, dict[str, float] | None]:
+        """The first step whose loss was not finite (or ``None``), and the last finite loss as
+        ``{"step", "loss"}`` (or ``None``); reads them back from the device."""
+        first, (step, loss) = jax.device_get(
+            (self.loss_state["first_non_finite"], self.loss_state["last_finite"])
+        )
+        last = None if step < 0 else {"step": int(step), "loss": float(loss)}
+        return (None if first < 0 else int(first)), last
 
-    @staticmethod
-    def _last_finite(last) -> dict[str, float] | None:
-        step, loss = int(last[0]), float(last[1])
-        return None if step < 0 else {"step": step, "loss": loss}
-
-    def flush(self) -> dict[str, Any]:
-        """Means over the window (top-k in percent) and the throughput; starts a new window.
-
-        ``first_non_finite_step`` is the first step of the window whose loss was not finite (or
-        ``None``) and ``last_finite`` the last finite loss and its step so far.
-        """
-        totals = jax.device_get(self.totals)
+    def flush(self) -> dict[str, float]:
+        """Means over the window (top-k in percent) and the throughput; starts a new window."""
+        sums = jax.device_get(self.sums)
         elapsed = time.perf_counter() - self.start
-        out = {k: float(v) / self.steps for k, v in totals["sums"].items()}
+        out = {k: float(v) / self.steps for k, v in sums.items()}
         for k in ("top1", "top5"):
             out[k] *= 100.0
         out["images_per_s"] = self.examples / max(elapsed, 1e-9)
-        first = int(totals["first_non_finite"])
-        out["first_non_finite_step"] = None if first < 0 else first
-        self.last_finite = self._last_finite(totals["last_finite"]) or self.last_finite
-        out["last_finite"] = self.last_finite
         self._reset()
         return out
 
 
-def _first_totals(metrics: dict[str, jax.Array]) -> dict[str, Any]:
-    return {
-        "sums": jax.tree.map(jnp.zeros_like, metrics),
-        "first_non_finite": jnp.asarray(-1, jnp.int32),
-        "last_finite": jnp.asarray([-1.0, 0.0], jnp.float32),  # (step, loss)
-    }
-
-
 @jax.jit
-def _accumulate(totals, metrics, step):
+def _accumulate(sums, loss_state, metrics, step):
     finite = jnp.isfinite(metrics["loss"])
-    first = totals["first_non_finite"]
-    return {
-        "sums": jax.tree.map(jnp.add, totals["sums"], metrics),
+    first = loss_state["first_non_finite"]
+    loss_state = {
         "first_non_finite": jnp.where((first < 0) & ~finite, step, first),
         "last_finite": jnp.where(
             finite,
             jnp.stack([jnp.float32(step), metrics["loss"].astype(jnp.float32)]),
-            totals["last_finite"],
+            loss_state["last_finite"],
         ),
     }
+    return jax.tree.map(jnp.add, sums, metrics), loss_state
 
 
 def _json_value(value):
@@ -194,10 +177,7 @@ class RunLog:
     def train(self, step: int, epoch: int, summary: dict[str, float], lr: float) -> None:
         if not self.enabled:
             return
-        kept = {
-            k: v for k, v in summary.items() if k not in ("first_non_finite_step", "last_finite")
-        }
-        record = {"step": step, "epoch": epoch, "split": "train", **kept, "learning_rate": lr}
+        record = {"step": step, "epoch": epoch, "split": "train", **summary, "learning_rate": lr}
         self._write(record)
         for key in ("loss", "top1", "top5", "images_per_s", "learning_rate"):
             self.writer.add_scalar(f"train/{key}", record[key], step)

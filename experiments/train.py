@@ -38,10 +38,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import data, recipe, reporting, workdir_lock
-from experiments.checkpointing import Checkpoints, config_fingerprint
+from experiments.checkpointing import Checkpoints
 from experiments.configs.base import ConfigError
-from glif_jax import models, placement
+from experiments.settings import SCHEDULE_KEYS, Input, Settings
 from glif_jax import nn as glif_nn
+from glif_jax import placement
 
 __all__ = [
     "Graphs",
@@ -49,7 +50,6 @@ __all__ = [
     "NonFiniteError",
     "TrainState",
     "Trainer",
-    "build_model",
     "check_model",
     "create_train_state",
     "eval_step",
@@ -99,33 +99,19 @@ class Graphs:
 # Model, optimizer, state
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
-    """The network a config names, with its model options and compute dtype."""
-    options = {k: v for k, v in config.model_options.to_dict().items() if v is not None}
-    if config.compute_dtype != "float32":
-        options["dtype"] = jnp.dtype(config.compute_dtype)
-    return models.create(
-        config.model,
-        num_classes=num_classes,
-        time_steps=config.time_steps,
-        rngs=rngs,
-        **options,
-    )
-
-
-def check_model(config: ml_collections.ConfigDict) -> None:
-    """Build the network ``config`` names without computing anything, so that a bad model, model
-    option or time-step count is a :class:`~experiments.configs.base.ConfigError` before anything
+def check_model(settings: Settings) -> None:
+    """Build the network without computing anything, so that a bad model, model option or
+    time-step count is a :class:`~experiments.configs.base.ConfigError` before anything
     compiles."""
-    num_classes = data.dataset_info(config.dataset).num_classes
+    num_classes = data.dataset_info(settings.input.dataset).num_classes
     try:
-        nnx.eval_shape(lambda: build_model(config, num_classes, nnx.Rngs(params=0)))
+        nnx.eval_shape(lambda: settings.network.build(num_classes, nnx.Rngs(params=0)))
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
 
 
 def create_train_state(
-    config: ml_collections.ConfigDict,
+    settings: Settings,
     num_classes: int,
     steps_per_epoch: int,
     *,
@@ -138,17 +124,17 @@ def create_train_state(
     """
     # The first key of the seed's split: the initialisation of runs made by earlier versions,
     # which kept the second for a state RNG, so that a seed still gives the same network.
-    init_key = jax.random.split(jax.random.key(config.seed))[0]
+    init_key = jax.random.split(jax.random.key(settings.seed))[0]
 
     def build():
-        return build_model(config, num_classes, nnx.Rngs(params=init_key))
+        return settings.network.build(num_classes, nnx.Rngs(params=init_key))
 
     model = nnx.eval_shape(build) if abstract else build()
     model.train()
     train_graph, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     model.eval()
     eval_graph = nnx.graphdef(model)
-    tx = recipe.create_optimizer(recipe.Recipe.from_config(config), params, steps_per_epoch)
+    tx = recipe.create_optimizer(settings.recipe, params, steps_per_epoch)
     state = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32) if abstract else jnp.zeros((), jnp.int32),
         params=params,
@@ -260,14 +246,14 @@ class Trainer:
     host): the steps then only compile (:meth:`lower`), and :attr:`initial_state` is not built.
     """
 
-    def __init__(self, config, num_classes: int, steps_per_epoch: int, mesh):
-        self.config = config
+    def __init__(self, settings: Settings, num_classes: int, steps_per_epoch: int, mesh):
+        self.settings = settings
         self.num_classes = num_classes
         self.steps_per_epoch = steps_per_epoch
         self.mesh = mesh
         self.platform = mesh.devices.flat[0].platform
         self.graphs, abstract, self.tx = create_train_state(
-            config, num_classes, steps_per_epoch, abstract=True
+            settings, num_classes, steps_per_epoch, abstract=True
         )
         self.replicated = NamedSharding(mesh, P())
         self.batch_sharding = NamedSharding(mesh, P("data"))
@@ -278,7 +264,7 @@ class Trainer:
             train_step,
             graph=self.graphs.train,
             tx=self.tx,
-            loss=recipe.Recipe.from_config(config),
+            loss=settings.recipe,
         )
         self._train_step = jax.jit(
             step,
@@ -295,7 +281,7 @@ class Trainer:
     @functools.cached_property
     def initial_state(self) -> TrainState:
         """The state before the first step, replicated over the mesh."""
-        _, state, _ = create_train_state(self.config, self.num_classes, self.steps_per_epoch)
+        _, state, _ = create_train_state(self.settings, self.num_classes, self.steps_per_epoch)
         return jax.device_put(state, self.replicated)
 
     @contextlib.contextmanager
@@ -333,10 +319,6 @@ class Trainer:
             for k, v in local_batch.items()
         }
 
-    def all_finite(self, state: TrainState) -> bool:
-        """Whether every parameter and BN statistic of ``state`` is finite."""
-        return bool(_all_finite((state.params, state.batch_stats)))
-
     def compile_report(self, example_batch) -> str:
         """Compile the train step ahead of time; returns a line on its memory and compile time."""
         start = time.perf_counter()
@@ -353,13 +335,13 @@ class Trainer:
         )
 
 
-def evaluate_dataset(trainer: Trainer, state: TrainState, config) -> dict[str, float]:
+def evaluate_dataset(trainer: Trainer, state: TrainState, source: Input) -> dict[str, float]:
     """Loss, top-1 and top-5 (percent) over the whole evaluation split, across every host."""
     totals = None
     for local in data.eval_batches(
-        config.dataset,
-        data_dir=config.data_dir,
-        global_batch_size=config.batch_size,
+        source.dataset,
+        data_dir=source.data_dir,
+        global_batch_size=source.batch_size,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     ):
@@ -419,7 +401,7 @@ class _Interruptions:
             raise KeyboardInterrupt
         self.requested = True
 
-    def stop_now(self, step: int, every: int) -> bool:
+    def stop_after(self, step: int, every: int) -> bool:
         """Whether the loop stops after ``step``."""
         if jax.process_count() == 1:
             return self.requested
@@ -431,220 +413,65 @@ class _Interruptions:
         return bool(np.any(flags))
 
 
-class _Run:
-    """The loop's state and its side effects: checkpoints, logs, records and the guard against a
-    non-finite loss."""
-
-    def __init__(self, config, workdir: Path, *, allow_schedule_change: bool = False):
-        self.config = config
-        self.workdir = workdir
-        data.check_prepared(config.dataset, config.data_dir)  # before compiling anything
-        self.info = data.dataset_info(config.dataset)
-        self.steps_per_epoch = data.steps_per_epoch(config.dataset, config.batch_size)
-        total = self.steps_per_epoch * config.num_epochs
-        self.stop_step = min(config.num_train_steps, total) if config.num_train_steps > 0 else total
-        is_chief = jax.process_index() == 0
-        self.log = reporting.RunLog(workdir, enabled=is_chief)
-        self.trainer = Trainer(
-            config, self.info.num_classes, self.steps_per_epoch, make_mesh(config.batch_size)
-        )
-        self.checkpoints = Checkpoints(
-            workdir,
-            config.max_to_keep,
-            config_fingerprint(config),
-            report=self.log.print,
-            allow_change=allow_schedule_change,
-        )
-        restored = self.checkpoints.restore(self.trainer.abstract_state, set_aside=True)
-        self.state, meta = restored or (self.trainer.initial_state, {})
-        self.progress = Progress(**meta)
-        self.step = int(jax.device_get(self.state.step))
-        if self.checkpoints.changes:
-            self.log.schedule_change(self.step, self.checkpoints.changes)
-        self.log.start(resume_step=self.step)
-        self.records = reporting.GlifRecords(workdir / "glif_params.npz", enabled=is_chief)
-        if self.step == 0:
-            self.records.reset(glif_nn.glif_layers(self.trainer.model(self.state)))
-        else:
-            self.records.load(completed_epochs=self.step // self.steps_per_epoch)
-            self.log.print(f"resuming {workdir} at step {self.step} (epoch {self.epoch})")
-        self.log.print(
-            f"{config.model} on {config.dataset}: {self.info.num_train} train / "
-            f"{self.info.num_eval} test examples, T={config.time_steps}, global batch "
-            f"{config.batch_size} on {jax.device_count()} {jax.devices()[0].platform} device(s) "
-            f"in {jax.process_count()} process(es); {self.steps_per_epoch} steps per epoch"
-        )
-        self.window = reporting.Window()
-        self.schedule = recipe.learning_rate_schedule(
-            recipe.Recipe.from_config(config), self.steps_per_epoch
-        )
-        self.wall_start = time.perf_counter() - self.progress.wall_time_s
-        self.compiled = False
-
-    @property
-    def epoch(self) -> int:
-        return self.step // self.steps_per_epoch
-
-    def batches(self):
-        """The training batches from the current step to the end of its epoch, on device."""
-        epoch, start = divmod(self.step, self.steps_per_epoch)
+def _train_batches(
+    settings: Settings, trainer: Trainer, steps_per_epoch: int, first_step: int, num_steps: int
+):
+    """``(step, batch)`` for the steps after ``first_step`` up to ``num_steps``, epoch after
+    epoch, on device. A batch is a pure function of the seed, its epoch and its step, so a run
+    that resumes reads what it would have read."""
+    source = settings.input
+    step = first_step
+    while step < num_steps:
+        epoch, start = divmod(step, steps_per_epoch)
         for local in data.train_batches(
-            self.config.dataset,
-            data_dir=self.config.data_dir,
-            global_batch_size=self.config.batch_size,
-            seed=self.config.seed,
+            source.dataset,
+            data_dir=source.data_dir,
+            global_batch_size=source.batch_size,
+            seed=settings.seed,
             epoch=epoch,
             start_step=start,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         ):
-            batch = self.trainer.to_device(local)
-            if not self.compiled:
-                self.log.print(self.trainer.compile_report(batch))
-                self.compiled = True
-            yield batch
-
-    def after_step(self, state, metrics, bar) -> None:
-        """Count the step; log, evaluate and checkpoint when it is time."""
-        self.state = state
-        self.step += 1
-        bar.update(1)
-        self.window.add(metrics, self.step, self.config.batch_size)
-        if self.step % self.config.log_every_steps == 0 or self.step == self.stop_step:
-            self.log_train(bar)
-        if self.step % self.steps_per_epoch == 0:
-            self.end_epoch(bar)
-        elif self.step % self.config.checkpoint_every_steps == 0:
-            self.save()
-
-    def log_train(self, bar) -> None:
-        summary = self.window.flush()
-        rate = float(self.schedule(self.step - 1))
-        self.log.train(self.step, self.epoch_of_last_step, summary, rate)
-        self._check_finite(summary)
-        self.checkpoints.seal_finished()
-        bar.set_postfix(
-            loss=f"{summary['loss']:.3f}",
-            top1=f"{summary['top1']:.1f}",
-            img_s=f"{summary['images_per_s']:.0f}",
-        )
-
-    @property
-    def epoch_of_last_step(self) -> int:
-        return (self.step - 1) // self.steps_per_epoch
-
-    def end_epoch(self, bar) -> None:
-        """Evaluate on the test split, record the GLIF parameters, checkpoint."""
-        epoch = self.epoch_of_last_step
-        result = evaluate_dataset(self.trainer, self.state, self.config)
-        best = self.progress.best_test_top1
-        improved = best is None or result["top1"] > best
-        self.progress.best_test_top1 = result["top1"] if improved else best
-        self.progress.last_eval = result
-        self.log.eval(self.step, epoch, result, self.progress.best_test_top1)
-        self.records.append(glif_nn.glif_layers(self.trainer.model(self.state)), epoch + 1)
-        bar.set_description(f"epoch {epoch + 1}, test top-1 {result['top1']:.2f}%")
-        if improved:
-            self.save(best=True)
-        self.save()
-
-    def save(self, *, best: bool = False) -> None:
-        """Checkpoint the state, unless it is not finite (then stop)."""
-        first_non_finite, last_finite = self.window.check()
-        if first_non_finite is not None:
-            self._stop_non_finite(
-                f"the training loss turned non-finite at step {first_non_finite}", last_finite
-            )
-        if not self.trainer.all_finite(self.state):
-            self._stop_non_finite(
-                f"the parameters are non-finite after step {self.step}", last_finite
-            )
-        self.progress.wall_time_s = time.perf_counter() - self.wall_start
-        meta = dataclasses.asdict(self.progress)
-        if best:
-            self.checkpoints.save_best(self.state, meta)
-        else:
-            self.checkpoints.save_latest(self.state, meta)
-
-    def _check_finite(self, summary: dict) -> None:
-        step = summary["first_non_finite_step"]
-        if step is not None:
-            self._stop_non_finite(
-                f"the training loss turned non-finite at step {step}", summary["last_finite"]
-            )
-
-    def _stop_non_finite(self, what: str, last_finite: dict | None) -> None:
-        self.checkpoints.wait()
-        saved = self.checkpoints.steps()
-        checkpoint = (
-            f"the last checkpoint, {self.workdir / 'checkpoints' / 'latest' / str(saved[-1])}, "
-            "holds finite parameters"
-            if saved
-            else "no checkpoint was written"
-        )
-        previous = (
-            f" The last finite loss was {last_finite['loss']:.4g}, at step {last_finite['step']}."
-            if last_finite
-            else ""
-        )
-        raise NonFiniteError(
-            f"{what}.{previous} The run stopped without checkpointing that state; {checkpoint}. "
-            "Try a lower learning rate (--config.learning_rate), or "
-            "--config.compute_dtype=float32 if it ran in bfloat16."
-        )
-
-    def interrupted(self) -> None:
-        """Checkpoint the state the loop holds, unless a second Ctrl-C came inside a step (its
-        input was then handed to the step and is gone)."""
-        if any(leaf.is_deleted() for leaf in jax.tree.leaves(self.state)):
-            self.checkpoints.wait()
-            saved = self.checkpoints.steps()
-            self.log.print(
-                f"stopped inside step {self.step + 1}; the last checkpoint is step "
-                f"{saved[-1] if saved else 'none'}: run the same command to resume from it"
-            )
-            return
-        self.save()
-        self.checkpoints.wait()
-        self.log.print(
-            f"interrupted at step {self.step}; checkpoint saved, run the same command to resume"
-        )
-
-    def check_epoch_complete(self) -> None:
-        if self.step % self.steps_per_epoch:
+            step += 1
+            yield step, trainer.to_device(local)
+            if step == num_steps:
+                return
+        if step % steps_per_epoch:
             raise RuntimeError(
-                f"epoch {self.epoch} of {self.config.dataset} ran out of batches after step "
-                f"{self.step}, short of {self.steps_per_epoch} steps per epoch: its training "
-                f"split holds fewer than the {self.info.num_train} examples it should. "
-                "Prepare the dataset again."
+                f"epoch {epoch} of {source.dataset} ran out of batches after step {step}, short "
+                f"of {steps_per_epoch} steps per epoch: its training split holds fewer examples "
+                "than it should. Prepare the dataset again."
             )
 
-    def finish(self) -> dict[str, Any]:
-        """The final evaluation (when the run stopped inside an epoch), the last checkpoint, the
-        summary and the plots."""
-        final = self.progress.last_eval
-        if self.step % self.steps_per_epoch:  # stopped inside an epoch by num_train_steps
-            final = evaluate_dataset(self.trainer, self.state, self.config)
-            best = self.progress.best_test_top1
-            self.log.eval(self.step, self.epoch, final, final["top1"] if best is None else best)
-        self.save()
-        self.checkpoints.wait()
-        best = self.progress.best_test_top1
-        summary = {
-            "config": self.config.to_dict(),
-            "best_test_top1": final["top1"] if best is None else best,
-            "final_test_top1": final["top1"],
-            "final_test_top5": final["top5"],
-            "final_test_loss": final["loss"],
-            "epochs": self.step / self.steps_per_epoch,
-            "steps": self.step,
-            "wall_time_s": time.perf_counter() - self.wall_start,
-            "devices": jax.device_count(),
-            "device_kind": jax.devices()[0].device_kind,
-            "processes": jax.process_count(),
-        }
-        self.log.finish(summary, self.records)
-        return summary
+
+def stop_if_non_finite(window: reporting.Window, state: TrainState, checkpoints, step: int):
+    """The run's guard: raise :class:`NonFiniteError` if a training loss so far, or the state
+    after ``step``, is not finite. The last checkpoint written then holds finite parameters."""
+    first_non_finite, last_finite = window.loss_record()
+    if first_non_finite is not None:
+        what = f"the training loss turned non-finite at step {first_non_finite}"
+    elif not bool(_all_finite((state.params, state.batch_stats))):
+        what = f"the parameters are non-finite after step {step}"
+    else:
+        return
+    checkpoints.wait()
+    saved = checkpoints.steps()
+    checkpoint = (
+        f"the last checkpoint, {checkpoints.path(saved[-1])}, holds finite parameters"
+        if saved
+        else "no checkpoint was written"
+    )
+    previous = (
+        f" The last finite loss was {last_finite['loss']:.4g}, at step {last_finite['step']}."
+        if last_finite
+        else ""
+    )
+    raise NonFiniteError(
+        f"{what}.{previous} The run stopped without checkpointing that state; {checkpoint}. "
+        "Try a lower learning rate (--config.learning_rate), or "
+        "--config.compute_dtype=float32 if it ran in bfloat16."
+    )
 
 
 def train_and_evaluate(
@@ -657,7 +484,7 @@ def train_and_evaluate(
 
     The run holds ``workdir``'s lock (:mod:`experiments.workdir_lock`) until it returns. With
     ``allow_schedule_change`` it may resume a checkpoint written with other values of the recipe's
-    keys (:data:`experiments.checkpointing.SCHEDULE_KEYS`); the change is printed and appended to
+    keys (:class:`experiments.recipe.Recipe`); the change is printed and appended to
     ``changes.jsonl``.
 
     Writes ``metrics.jsonl``, TensorBoard events, ``summary.json``, the per-epoch GLIF parameter
@@ -669,30 +496,150 @@ def train_and_evaluate(
       KeyboardInterrupt: Ctrl-C or SIGTERM, after the state was checkpointed.
     """
     with workdir_lock.hold(workdir, enabled=jax.process_index() == 0):
-        return _train_and_evaluate(config, Path(workdir), allow_schedule_change)
+        settings = Settings.from_config(config)
+        return _train_and_evaluate(settings, Path(workdir), allow_schedule_change, config.to_dict())
 
 
-def _train_and_evaluate(config, workdir: Path, allow_schedule_change: bool) -> dict[str, Any]:
-    run = _Run(config, workdir, allow_schedule_change=allow_schedule_change)
-    with _Interruptions() as interruptions:
-        with run.log.progress(total=run.stop_step, initial=run.step) as bar:
-            try:
-                stop = False
-                while run.step < run.stop_step and not stop:
-                    for batch in run.batches():
-                        run.after_step(*run.trainer.train_step(run.state, batch), bar)
-                        stop = interruptions.stop_now(run.step, run.config.log_every_steps)
-                        if stop or run.step >= run.stop_step:
-                            break
-                    else:
-                        run.check_epoch_complete()
+def _train_and_evaluate(
+    settings: Settings, workdir: Path, allow_schedule_change: bool, config: dict
+) -> dict[str, Any]:
+    network, source, loop = settings.network, settings.input, settings.loop
+    data.check_prepared(source.dataset, source.data_dir)  # before compiling anything
+    info = data.dataset_info(source.dataset)
+    steps_per_epoch = data.steps_per_epoch(source.dataset, source.batch_size)
+    num_steps = steps_per_epoch * settings.recipe.num_epochs
+    if loop.num_train_steps > 0:
+        num_steps = min(loop.num_train_steps, num_steps)
+    log = reporting.RunLog(workdir, enabled=jax.process_index() == 0)
+    trainer = Trainer(settings, info.num_classes, steps_per_epoch, make_mesh(source.batch_size))
+    checkpoints = Checkpoints(
+        workdir,
+        loop.max_to_keep,
+        settings.fingerprint(),
+        SCHEDULE_KEYS,
+        report=log.print,
+        allow_change=allow_schedule_change,
+    )
+    state, progress = _restore_or_start(trainer, checkpoints)
+    first_step = int(jax.device_get(state.step))  # the loop's count from here on
+    if checkpoints.changes:
+        log.schedule_change(first_step, checkpoints.changes)
+    log.start(resume_step=first_step)
+    records = reporting.GlifRecords(workdir / "glif_params.npz", enabled=log.enabled)
+    if first_step == 0:
+        records.reset(glif_nn.glif_layers(trainer.model(state)))
+    else:
+        records.load(completed_epochs=first_step // steps_per_epoch)
+        log.print(
+            f"resuming {workdir} at step {first_step} (epoch {first_step // steps_per_epoch})"
+        )
+    log.print(
+        f"{network.model} on {source.dataset}: {info.num_train} train / {info.num_eval} test "
+        f"examples, T={network.time_steps}, global batch {source.batch_size} on "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s) in {jax.process_count()} "
+        f"process(es); {steps_per_epoch} steps per epoch"
+    )
+    schedule = recipe.learning_rate_schedule(settings.recipe, steps_per_epoch)
+    window = reporting.Window()
+    wall_start = time.perf_counter() - progress.wall_time_s
+    evaluation = None
+
+    with _Interruptions() as interruptions, log.progress(num_steps, first_step) as bar:
+        step = first_step
+        try:
+            for step, batch in _train_batches(
+                settings, trainer, steps_per_epoch, first_step, num_steps
+            ):
+                if step == first_step + 1:
+                    log.print(trainer.compile_report(batch))
+                state, metrics = trainer.train_step(state, batch)
+                window.add(metrics, step, source.batch_size)
+                bar.update(1)
+                epoch, end_of_epoch = (step - 1) // steps_per_epoch, step % steps_per_epoch == 0
+                stop = step == num_steps or interruptions.stop_after(step, loop.log_every_steps)
+                log_now = step % loop.log_every_steps == 0 or stop
+                save_now = end_of_epoch or step % loop.checkpoint_every_steps == 0 or stop
+
+                if log_now:
+                    summary = window.flush()
+                    log.train(step, epoch, summary, float(schedule(step - 1)))
+                    bar.set_postfix(
+                        loss=f"{summary['loss']:.3f}",
+                        top1=f"{summary['top1']:.1f}",
+                        img_s=f"{summary['images_per_s']:.0f}",
+                    )
+                if log_now or save_now:
+                    stop_if_non_finite(window, state, checkpoints, step)
+                if end_of_epoch or step == num_steps:
+                    evaluation = evaluate_dataset(trainer, state, source)
+                    if end_of_epoch:  # the best is that of an epoch's end, as the paper reports
+                        best = progress.best_test_top1
+                        progress.best_test_top1 = max(evaluation["top1"], best or -1.0)
+                        progress.last_eval = evaluation
+                        records.append(glif_nn.glif_layers(trainer.model(state)), epoch + 1)
+                        bar.set_description(
+                            f"epoch {epoch + 1}, test top-1 {evaluation['top1']:.2f}%"
+                        )
+                    best = progress.best_test_top1
+                    log.eval(step, epoch, evaluation, evaluation["top1"] if best is None else best)
+                if save_now:
+                    progress.wall_time_s = time.perf_counter() - wall_start
+                    top1 = evaluation["top1"] if end_of_epoch else None
+                    checkpoints.save(state, dataclasses.asdict(progress), test_top1=top1)
                 if stop:
-                    raise KeyboardInterrupt
-            except KeyboardInterrupt:
-                run.interrupted()
-                raise
+                    break
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once
+            if any(leaf.is_deleted() for leaf in jax.tree.leaves(state)):
+                # It came inside a step, whose input state was donated and is gone.
+                checkpoints.wait()
+                log.print(
+                    f"stopped inside step {step}; the last checkpoint is step "
+                    f"{(checkpoints.steps() or ['none'])[-1]}: run the same command to resume"
+                )
+            else:
+                stop_if_non_finite(window, state, checkpoints, step)
+                checkpoints.save(state, dataclasses.asdict(progress))
+                checkpoints.wait()
+                saved = int(jax.device_get(state.step))
+                log.print(f"interrupted at step {saved}; checkpoint saved, run the same command")
+            raise
+        checkpoints.wait()
+        if step < num_steps:
+            log.print(
+                f"interrupted at step {step}; checkpoint saved, run the same command to resume"
+            )
+            raise KeyboardInterrupt
+
         # Training is done and checkpointed: an interruption from here on waits for the summary.
-        return run.finish()
+        if evaluation is None:  # the run had already finished: its last evaluation
+            evaluation = progress.last_eval
+            if evaluation is None or step % steps_per_epoch:
+                evaluation = evaluate_dataset(trainer, state, source)
+        best = progress.best_test_top1
+        summary = {
+            "config": config,
+            "best_test_top1": evaluation["top1"] if best is None else best,
+            "final_test_top1": evaluation["top1"],
+            "final_test_top5": evaluation["top5"],
+            "final_test_loss": evaluation["loss"],
+            "epochs": step / steps_per_epoch,
+            "steps": step,
+            "wall_time_s": time.perf_counter() - wall_start,
+            "devices": jax.device_count(),
+            "device_kind": jax.devices()[0].device_kind,
+            "processes": jax.process_count(),
+        }
+        log.finish(summary, records)
+        return summary
+
+
+def _restore_or_start(trainer: Trainer, checkpoints: Checkpoints) -> tuple[TrainState, Progress]:
+    """The newest intact checkpoint (damaged ones set aside), or the initial state."""
+    restored = checkpoints.restore(trainer.abstract_state, set_aside=True)
+    if restored is None:
+        return trainer.initial_state, Progress()
+    state, meta = restored
+    return state, Progress(**meta)
 
 
 def evaluate(
@@ -706,9 +653,12 @@ def evaluate(
     checkpoint file) on the whole test split; writes ``eval.json`` in ``workdir``."""
     workdir = Path(workdir)
     trainer, state, source = load_for_evaluation(
-        config, workdir, checkpoint=checkpoint, reference_checkpoint=reference_checkpoint
+        Settings.from_config(config),
+        workdir,
+        checkpoint=checkpoint,
+        reference_checkpoint=reference_checkpoint,
     )
-    result = evaluate_dataset(trainer, state, config)
+    result = evaluate_dataset(trainer, state, trainer.settings.input)
     result["source"] = source
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -717,23 +667,24 @@ def evaluate(
 
 
 def load_for_evaluation(
-    config: ml_collections.ConfigDict,
+    settings: Settings,
     workdir: Path,
     *,
     checkpoint: str = "latest",
     reference_checkpoint: str | None = None,
 ) -> tuple[Trainer, TrainState, str]:
-    """The trainer of ``config`` and the state to evaluate: ``workdir``'s ``checkpoint``
+    """The trainer of ``settings`` and the state to evaluate: ``workdir``'s ``checkpoint``
     (``latest`` or ``best``), or a released reference checkpoint file; and a description of it.
 
     Raises:
       NoCheckpointError: ``workdir`` has no such checkpoint.
       CheckpointMismatchError, CheckpointCorruptError: see :mod:`experiments.checkpointing`.
     """
-    data.check_prepared(config.dataset, config.data_dir)
-    info = data.dataset_info(config.dataset)
-    steps_per_epoch = data.steps_per_epoch(config.dataset, config.batch_size)
-    trainer = Trainer(config, info.num_classes, steps_per_epoch, make_mesh(config.batch_size))
+    data.check_prepared(settings.input.dataset, settings.input.data_dir)
+    info = data.dataset_info(settings.input.dataset)
+    steps_per_epoch = data.steps_per_epoch(settings.input.dataset, settings.input.batch_size)
+    mesh = make_mesh(settings.input.batch_size)
+    trainer = Trainer(settings, info.num_classes, steps_per_epoch, mesh)
     if reference_checkpoint is not None:
         from glif_jax import interop
 
@@ -749,14 +700,15 @@ def load_for_evaluation(
         return trainer, state, str(reference_checkpoint)
     # Evaluation does not depend on the schedule a checkpoint was trained with.
     checkpoints = Checkpoints(
-        workdir, config.max_to_keep, config_fingerprint(config), allow_change=True
+        workdir, settings.loop.max_to_keep, settings.fingerprint(), SCHEDULE_KEYS, allow_change=True
     )
     restored = checkpoints.restore(trainer.abstract_state, which=checkpoint)
     if restored is None:
+        when = " (the best is that of an epoch's end)" if checkpoint == "best" else ""
         raise NoCheckpointError(
-            f"no {checkpoint} checkpoint in {workdir / 'checkpoints' / checkpoint}; train "
-            "first, or pass --reference_checkpoint=FILE."
+            f"no {checkpoint} checkpoint{when} in {checkpoints.directory}; train first, or pass "
+            "--reference_checkpoint=FILE."
         )
     state, _ = restored
-    source = f"{workdir} ({checkpoint}, step {int(jax.device_get(state.step))})"
-    return trainer, state, source
+    described = f"{workdir} ({checkpoint}, step {int(jax.device_get(state.step))})"
+    return trainer, state, described

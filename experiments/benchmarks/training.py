@@ -45,9 +45,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import recipe, train
+from experiments import train
 from experiments.benchmarks import timing
 from experiments.configs.base import base_config
+from experiments.settings import Settings
 
 NUM_CLASSES = 10
 STEPS_PER_EPOCH = 10_000  # the learning rate stays that of the first epoch, as in PyTorch's loop
@@ -277,15 +278,16 @@ class JaxStep:
     def __init__(self, setting: Setting):
         self.setting = setting
         self.config = make_config(setting)
+        settings = Settings.from_config(self.config)
         self.graphs, self.state, self.tx = train.create_train_state(
-            self.config, num_classes=NUM_CLASSES, steps_per_epoch=STEPS_PER_EPOCH
+            settings, num_classes=NUM_CLASSES, steps_per_epoch=STEPS_PER_EPOCH
         )
         self.step = jax.jit(
             functools.partial(
                 train.train_step,
                 graph=self.graphs.train,
                 tx=self.tx,
-                loss=recipe.Recipe.from_config(self.config),
+                loss=settings.recipe,
             ),
             donate_argnums=0,
         )
@@ -843,7 +845,8 @@ def _reference_layout(setting: Setting) -> dict[str, tuple]:
     from glif_jax import interop
 
     config = make_config(setting)
-    abstract = nnx.eval_shape(lambda: train.build_model(config, NUM_CLASSES, nnx.Rngs(0)))
+    network = Settings.from_config(config).network
+    abstract = nnx.eval_shape(lambda: network.build(NUM_CLASSES, nnx.Rngs(0)))
     return interop.reference_layout(abstract)
 
 

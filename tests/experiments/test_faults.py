@@ -54,7 +54,7 @@ def test_a_non_finite_loss_stops_the_run_and_no_checkpoint_holds_it(tmp_path, mo
         train.train_and_evaluate(config, tmp_path)
     message = str(error.value)
     assert "step 18" in message and "last finite loss" in message
-    assert str(tmp_path / "checkpoints" / "latest" / "14") in message
+    assert str(tmp_path / "checkpoints" / "14") in message
     assert "learning_rate" in message
     monkeypatch.undo()
     params, saved_step = restore_params(config, tmp_path)
@@ -96,8 +96,8 @@ def _stopped_at_30_once(tmp_path_factory):
     config.num_train_steps = 30
     workdir = tmp_path_factory.mktemp("stopped_at_30")
     train.train_and_evaluate(config, workdir)
-    latest = workdir / "checkpoints" / "latest"
-    assert sorted(int(p.name) for p in latest.iterdir()) == [28, 30]
+    checkpoints = workdir / "checkpoints"
+    assert sorted(int(p.name) for p in checkpoints.iterdir()) == [28, 30]
     return workdir
 
 
@@ -115,32 +115,32 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(
     uninterrupted, stopped_at_30, sealed, capfd
 ):
     _, summary, want, _ = uninterrupted
-    damaged = stopped_at_30 / "checkpoints" / "latest" / "30"
+    damaged = stopped_at_30 / "checkpoints" / "30"
     _truncate_data_files(damaged)
     if not sealed:  # as if killed before the integrity record was written: orbax must fail
         (damaged / checkpointing.INTEGRITY_FILE).unlink()
     capfd.readouterr()
     resumed = train.train_and_evaluate(tiny_digits.get_config(), stopped_at_30)
     out, err = capfd.readouterr()
-    assert "checkpoint latest/30 is damaged" in out
-    assert "resuming from the newest intact checkpoint, latest/28" in out
+    assert "checkpoint 30 is damaged" in out
+    assert "resuming from the newest intact checkpoint, 28" in out
     # Set aside, not deleted; the run then wrote its own step 30 and went on.
-    assert (stopped_at_30 / "checkpoints" / "damaged" / "latest-30").is_dir()
-    assert "moved the damaged checkpoint latest/30" in out
+    assert (stopped_at_30 / "checkpoints" / "damaged" / "30").is_dir()
+    assert "moved the damaged checkpoint 30" in out
     assert "Traceback" not in err and "Event loop is closed" not in err
     assert resumed["steps"] == summary["steps"]
     assert_same_params(restore_params(tiny_digits.get_config(), stopped_at_30)[0], want)
 
 
 def test_evaluation_falls_back_too(stopped_at_30, capsys):
-    _truncate_data_files(stopped_at_30 / "checkpoints" / "latest" / "30")
+    _truncate_data_files(stopped_at_30 / "checkpoints" / "30")
     result = train.evaluate(tiny_digits.get_config(), stopped_at_30)
     assert "step 28" in result["source"]
-    assert "checkpoint latest/30 is damaged" in capsys.readouterr().out
+    assert "checkpoint 30 is damaged" in capsys.readouterr().out
 
 
 def test_with_no_intact_checkpoint_the_run_stops_and_overwrites_nothing(stopped_at_30):
-    latest = stopped_at_30 / "checkpoints" / "latest"
+    latest = stopped_at_30 / "checkpoints"
     for step_dir in latest.iterdir():
         _truncate_data_files(step_dir)
     metrics = (stopped_at_30 / "metrics.jsonl").read_text()
@@ -260,7 +260,7 @@ def test_a_dead_peer_ends_the_other_process_and_both_resume(tmp_path):
     }
     workdir = tmp_path / "two"
     first, second = _processes(workdir, _free_port(), env)
-    latest = workdir / "checkpoints" / "latest"
+    latest = workdir / "checkpoints"
     deadline = time.time() + 240
     while time.time() < deadline and first.poll() is None:
         if latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir()):

@@ -9,13 +9,14 @@ from flax import nnx
 
 from experiments import recipe
 from experiments.configs import base
+from experiments.settings import Settings
 from glif_jax import nn
 
 
 def make_recipe(**changes) -> recipe.Recipe:
     config = base.base_config()
     config.update(changes)
-    return recipe.Recipe.from_config(config)
+    return Settings.from_config(config).recipe
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from flax import nnx
 
 from experiments import checkpointing, data, main, recipe, train
 from experiments.configs import ablations, cifar, cifar10_dvs, digits, imagenet
+from experiments.settings import Settings
 from tests.support import tiny_digits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +100,9 @@ def test_sharded_step_matches_single_device():
     )[:3]
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
-        trainer = train.Trainer(config, info.num_classes, 44, train.make_mesh(32, devices))
+        trainer = train.Trainer(
+            Settings.from_config(config), info.num_classes, 44, train.make_mesh(32, devices)
+        )
         state = trainer.initial_state
         losses = []
         for batch in batches:
@@ -142,9 +145,11 @@ CONFIG_ROWS = (
 @pytest.mark.parametrize("name, config", CONFIG_ROWS, ids=[name for name, _ in CONFIG_ROWS])
 def test_every_config_builds_its_model_and_optimizer_abstractly(name, config):
     info = data.dataset_info(config.dataset)
-    model = nnx.eval_shape(lambda: train.build_model(config, info.num_classes, nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: Settings.from_config(config).network.build(info.num_classes, nnx.Rngs(0))
+    )
     _, params, _ = nnx.split(model, nnx.Param, ...)
-    tx = recipe.create_optimizer(recipe.Recipe.from_config(config), params, steps_per_epoch=10)
+    tx = recipe.create_optimizer(Settings.from_config(config).recipe, params, steps_per_epoch=10)
     opt_state = jax.eval_shape(tx.init, params)
     assert jax.tree.leaves(opt_state)
     for key in (
@@ -190,7 +195,7 @@ def test_run_on_mesh_of_4_devices_trains():
     """The default mesh spans the four fake devices; a short run on it learns."""
     config = tiny_digits.get_config()
     info = data.dataset_info("digits")
-    trainer = train.Trainer(config, info.num_classes, 44, train.make_mesh(32))
+    trainer = train.Trainer(Settings.from_config(config), info.num_classes, 44, train.make_mesh(32))
     assert trainer.mesh.devices.size == 4
     state = trainer.initial_state
     batch = next(
@@ -213,7 +218,7 @@ def test_eval_mode_evaluates_a_released_reference_checkpoint(tmp_path, monkeypat
 
     config = cifar.get_config("model=resnet19,dataset=cifar10,t=2")
     config.batch_size = 8
-    released = train.build_model(config, 10, nnx.Rngs(3))
+    released = Settings.from_config(config).network.build(10, nnx.Rngs(3))
     state_dict = interop.export_reference_state_dict(released)
     path = tmp_path / "resCifar19-CIFAR10-step2-CW.pth.tar"
     torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in state_dict.items()}}, path)

@@ -62,13 +62,9 @@ def _temporary_folders(workdir: Path) -> set[Path]:
     """Orbax's temporary folders in the workdir: checkpoints being written, or left behind by a
     process killed while writing one."""
     checkpoints = workdir / "checkpoints"
-    return {
-        entry
-        for folder in ("latest", "best")
-        if (checkpoints / folder).is_dir()
-        for entry in (checkpoints / folder).iterdir()
-        if "tmp" in entry.name
-    }
+    if not checkpoints.is_dir():
+        return set()
+    return {entry for entry in checkpoints.iterdir() if "tmp" in entry.name}
 
 
 def _writing(workdir: Path, left_behind: set[Path]) -> bool:

@@ -6,11 +6,13 @@ import jax
 import numpy as np
 
 from experiments import train
+from experiments.settings import Settings
 
 
 def restore_params(config, workdir, which="latest"):
     """The parameters of a workdir's checkpoint as NumPy arrays keyed by path."""
-    _, state, _ = train.load_for_evaluation(config, Path(workdir), checkpoint=which)
+    settings = Settings.from_config(config)
+    _, state, _ = train.load_for_evaluation(settings, Path(workdir), checkpoint=which)
     flat = jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}, int(state.step)
 
