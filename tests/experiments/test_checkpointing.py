@@ -106,7 +106,7 @@ def test_none_intact_is_an_error_naming_each(tmp_path):
     for step in (1, 2):
         path = largest_data_file(tmp_path / "checkpoints" / str(step))
         path.write_bytes(path.read_bytes()[:10])
-    with pytest.raises(checkpointing.CheckpointCorruptError, match="step 2: .*\n.*step 1: "):
+    with pytest.raises(checkpointing.CheckpointCorruptError, match=r"step 2: .*\n.*step 1: "):
         manager(tmp_path).restore(ABSTRACT)
 
 
