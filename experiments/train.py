@@ -13,7 +13,10 @@ Ctrl-C (:mod:`experiments.checkpointing`); the input pipeline's position is the 
 because every batch is a pure function of (seed, epoch, step). Started again with the same
 command, a run continues where it stopped and ends with the same parameters as an uninterrupted
 one. A loss that turns non-finite stops the run (:class:`NonFiniteError`) without writing a
-checkpoint, so ``latest`` always holds finite parameters.
+checkpoint, so the newest checkpoint always holds finite parameters.
+
+Below :func:`train_and_evaluate` and :func:`evaluate`, which read the config into
+:class:`~experiments.settings.Settings`, everything takes typed values.
 """
 
 from __future__ import annotations
@@ -240,7 +243,7 @@ def make_mesh(global_batch_size: int, devices: Sequence[jax.Device] | None = Non
 
 
 class Trainer:
-    """The compiled steps of one config on one mesh, and host-to-device batch transfer.
+    """The compiled steps of one run's settings on one mesh, and host-to-device batch transfer.
 
     The mesh may hold devices this process cannot run on (a TPU topology described on a CPU
     host): the steps then only compile (:meth:`lower`), and :attr:`initial_state` is not built.
