@@ -54,8 +54,11 @@ BEST_METRIC = "test_top1"
 def _rank(metrics: dict) -> tuple[float, int]:
     """A checkpoint's rank by its metrics: the higher top-1, then the earlier step (the first
     epoch to reach a top-1 stays the best, as a ``>`` comparison keeps it). A checkpoint inside
-    an epoch has no top-1 and ranks below every end-of-epoch one."""
-    return metrics.get(BEST_METRIC, -math.inf), -metrics["step"]
+    an epoch has no top-1: it ranks below every end-of-epoch one, the newest first, so that
+    before the first epoch's end the "best" orbax keeps is the newest, which it keeps anyway."""
+    if BEST_METRIC not in metrics:
+        return -math.inf, metrics["step"]
+    return metrics[BEST_METRIC], -metrics["step"]
 
 
 class CheckpointMismatchError(ValueError):

@@ -55,9 +55,9 @@ def test_the_import_graph_has_no_cycle_and_no_private_import():
         state[node] = "open"
         for target in sorted(graph[node]):
             if state[target] == "open":
-                cycles.append(" -> ".join(stack[stack.index(target) :] + [target]))
+                cycles.append(" -> ".join([*stack[stack.index(target) :], target]))
             elif state[target] == "new":
-                visit(target, stack + [target])
+                visit(target, [*stack, target])
         state[node] = "done"
 
     for name in sorted(graph):

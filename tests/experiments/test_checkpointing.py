@@ -65,6 +65,12 @@ def test_orbax_keeps_the_newest_and_the_best(tmp_path):
     assert all((checkpoints.path(s) / checkpointing.INTEGRITY_FILE).is_file() for s in [3, 6, 7])
 
 
+def test_before_an_epoch_ends_only_the_newest_are_kept(tmp_path):
+    write(tmp_path, {1: None, 2: None, 3: None, 4: None})
+    assert manager(tmp_path).steps() == [3, 4]
+    assert manager(tmp_path).restore(ABSTRACT, "best") is None
+
+
 def test_of_two_equal_top1_the_earlier_stays_the_best(tmp_path):
     write(tmp_path, {1: 80.0, 2: 80.0, 3: None, 4: None})
     assert int(manager(tmp_path).restore(ABSTRACT, "best")[0].step) == 1
