@@ -168,10 +168,10 @@ class Checkpoints:
             raise ValueError(f"max_to_keep must be at least 1, got {max_to_keep}.")
         self.directory = (Path(workdir) / "checkpoints").absolute()
         if (self.directory / "latest").is_dir():
+            d = self.directory
             raise CheckpointMismatchError(
-                f"{self.directory} holds checkpoints in an earlier layout (latest/, best/): "
-                f"move the step folders of {self.directory / 'latest'} up into {self.directory} "
-                "to resume them (best/ may be deleted), or use a new --workdir."
+                f"{d} holds checkpoints in an earlier layout (latest/, best/). To resume them: "
+                f"mv {d}/latest/* {d}/ && rm -r {d}/latest {d}/best ; or use a new --workdir."
             )
         self.fingerprint = fingerprint
         self.schedule_keys = tuple(schedule_keys)

@@ -29,6 +29,7 @@ def report():
     return {"model": "spiking_cnn", "dataset": "digits", "split": "eval", "source": "x", **measured}
 
 
+@pytest.mark.slow
 def test_the_markdown_gives_both_verdicts_and_both_tables(report):
     text = analyze.markdown(report)
     assert "## Two verdicts: operations only, and operations + memory" in text

@@ -4,6 +4,7 @@ test_faults.py."""
 
 import dataclasses
 import json
+import subprocess
 from pathlib import Path
 
 import jax
@@ -138,9 +139,17 @@ def test_other_arrays_are_a_mismatch(tmp_path):
 
 
 def test_the_earlier_layout_is_refused_with_how_to_move_it(tmp_path):
-    (tmp_path / "checkpoints" / "latest" / "7").mkdir(parents=True)
-    with pytest.raises(checkpointing.CheckpointMismatchError, match="earlier layout"):
+    # A step folder of the earlier latest/ is a checkpoint of the layout of today, moved.
+    write(tmp_path / "old", {7: None})
+    latest = tmp_path / "checkpoints" / "latest"
+    latest.mkdir(parents=True)
+    (tmp_path / "old" / "checkpoints" / "7").rename(latest / "7")
+    (tmp_path / "checkpoints" / "best").mkdir()
+    with pytest.raises(checkpointing.CheckpointMismatchError, match="earlier layout") as error:
         manager(tmp_path)
+    command = str(error.value).split("To resume them: ")[1].split(" ;")[0]
+    subprocess.run(command, shell=True, check=True)
+    assert int(manager(tmp_path).restore(ABSTRACT)[0].step) == 7
 
 
 def test_the_record_lists_every_file_with_its_size(tmp_path):

@@ -159,6 +159,7 @@ def test_a_killed_runs_lock_is_taken_over(tmp_path):
 # Resuming with a new schedule
 
 
+@pytest.mark.slow
 def test_a_resume_may_change_the_schedule_when_asked_and_records_it(tmp_path):
     config = tiny_digits.get_config()
     config.num_epochs = 1
@@ -177,6 +178,7 @@ def test_a_resume_may_change_the_schedule_when_asked_and_records_it(tmp_path):
     train.train_and_evaluate(longer, tmp_path)
 
 
+@pytest.mark.slow
 def test_a_resume_that_changes_the_state_is_refused_even_when_asked(tmp_path):
     config = tiny_digits.get_config()
     config.num_train_steps = 5

@@ -22,6 +22,9 @@ from experiments import checkpointing, train
 from tests.support import faults, tiny_digits
 from tests.support.runs import assert_same_params, restore_params
 
+# Whole training runs and their processes.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = "tests/support/tiny_digits.py"
 
 
+@pytest.mark.slow
 def test_run_writes_metrics_summary_records_and_plots(uninterrupted):
     workdir, summary, _, step = uninterrupted
     assert step == summary["steps"] == 2 * (1437 // 32)
@@ -54,6 +55,7 @@ def test_run_writes_metrics_summary_records_and_plots(uninterrupted):
         assert not np.array_equal(glif[f"{layer}/v_th"][0], glif[f"{layer}/v_th"][2])
 
 
+@pytest.mark.slow
 def test_eval_mode_reads_latest_and_best(uninterrupted):
     workdir, summary, _, _ = uninterrupted
     config = tiny_digits.get_config()
@@ -64,6 +66,7 @@ def test_eval_mode_reads_latest_and_best(uninterrupted):
     assert json.loads((workdir / "eval.json").read_text())["count"] == 360
 
 
+@pytest.mark.slow
 def test_checkpoint_from_another_config_is_an_error(uninterrupted):
     workdir = uninterrupted[0]
     config = tiny_digits.get_config()
@@ -92,6 +95,7 @@ def test_missing_dataset_stops_before_compiling(tmp_path, monkeypatch):
     assert "cifar10" in message and str(tmp_path / "tfds") in message and "tfds build" in message
 
 
+@pytest.mark.slow
 def test_sharded_step_matches_single_device():
     config = tiny_digits.get_config()
     info = data.dataset_info("digits")
@@ -115,6 +119,7 @@ def test_sharded_step_matches_single_device():
     chex.assert_trees_all_close(state_4, state_1, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_epoch_traces_each_step_once_and_ends_with_the_analysis(tmp_path, monkeypatch, capsys):
     # Every batch of an epoch, the last evaluation batch (padded) included, has the shapes of the
     # first: the steps are traced once, not once per batch.
@@ -191,6 +196,7 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
     assert "lerning_rate" in result.stderr
 
 
+@pytest.mark.slow
 def test_run_on_mesh_of_4_devices_trains():
     """The default mesh spans the four fake devices; a short run on it learns."""
     config = tiny_digits.get_config()
@@ -209,6 +215,7 @@ def test_run_on_mesh_of_4_devices_trains():
     assert jnp.isfinite(metrics["loss"])
 
 
+@pytest.mark.slow
 def test_eval_mode_evaluates_a_released_reference_checkpoint(tmp_path, monkeypatch):
     """``--mode=eval --reference_checkpoint=FILE``: a file in the released container format."""
     torch = pytest.importorskip("torch")

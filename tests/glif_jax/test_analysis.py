@@ -355,6 +355,7 @@ def _modules(model):
     return {".".join(map(str, path)): m for path, m in nnx.iter_modules(model)}
 
 
+@pytest.mark.slow
 def test_every_convolution_of_the_zoo_counts_the_macs_xla_counts():
     # XLA's cost analysis of each convolution on its zero-padded input with VALID padding counts
     # 2 flops per multiply-accumulate of the convention (padding taps included); shapes only.
@@ -410,6 +411,7 @@ def test_resnet19_macs_equal_a_count_by_hand():
     assert len(counted) == 19 + 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", models.names())
 def test_every_network_of_the_zoo_is_analysed(name):
     # Tiny versions run; the full sizes are traced above. The DVS network sees event counts.

@@ -164,6 +164,7 @@ def trial(workdir: Path, kinds: list[str], duration_s: float, rng: random.Random
 
 def params(workdir: Path):
     """The final parameters of a workdir's run, by path."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # read on the CPU, as the runs train
     sys.path.insert(0, str(ROOT))
     from tests.support import tiny_digits
     from tests.support.runs import restore_params

@@ -29,6 +29,7 @@ def _header(columns):
 # The suite
 
 
+@pytest.mark.slow
 def test_quick_suite_writes_glif_shape_and_residual_tables(tmp_path):
     parts = "glif,shapes,residuals"
     argv = ["--quick", "--parts", parts, "--time-steps", "2", "--out", str(tmp_path)]
@@ -56,6 +57,7 @@ def test_quick_suite_writes_glif_shape_and_residual_tables(tmp_path):
     assert kept["scan (plain autodiff)", "float32"] > 4
 
 
+@pytest.mark.slow
 def test_quick_training_and_max_batch_parts_write_their_columns(tmp_path):
     # spiking_cnn has no PyTorch transcription: glif_jax's rows only.
     argv = ["--quick", "--parts", "training", "--train-batch", "2,3", "--train-dtypes", "float32"]
@@ -110,6 +112,7 @@ def test_settings_past_the_time_budget_are_reported_as_skipped():
     assert all(r["error"].startswith("skipped") and r["step_ms"] is None for r in rows)
 
 
+@pytest.mark.slow
 def test_pytorch_rows_start_from_glif_jax_weights_and_report_a_failed_compilation(monkeypatch):
     torch = pytest.importorskip("torch")
 
@@ -193,6 +196,7 @@ def test_a_pallas_tiling_path_computes_the_gradients_of_the_default_path():
         glif_speed.layer("pallas/rows=4")
 
 
+@pytest.mark.slow
 def test_pytorch_resnet19_takes_the_training_step_of_glif_jax_from_the_same_weights():
     torch = pytest.importorskip("torch")
     from experiments.benchmarks import torch_networks
@@ -230,6 +234,7 @@ def test_pytorch_resnet19_takes_the_training_step_of_glif_jax_from_the_same_weig
     assert moved  # the gates learned: the comparison went through the spikes' surrogate
 
 
+@pytest.mark.slow
 def test_pytorch_resnet19_recomputation_changes_neither_the_step_nor_the_statistics():
     torch = pytest.importorskip("torch")
     from experiments.benchmarks import torch_networks

@@ -322,6 +322,7 @@ def _resnet_reference(name, state, images, training):
         ("ms_resnet18", 32, True),
     ],
 )
+@pytest.mark.slow
 def test_loaded_resnet_gives_the_logits_of_the_pytorch_transcription(name, size, training):
     model, state = _loaded(name, seed=4)
     images = np.random.default_rng(5).normal(size=(2, size, size, 3)).astype(np.float32)
@@ -338,6 +339,7 @@ def test_loaded_resnet_gives_the_logits_of_the_pytorch_transcription(name, size,
     assert bool(updated) == training
 
 
+@pytest.mark.slow
 def test_loaded_resnet19_gives_the_loss_gradients_of_the_pytorch_transcription():
     model, state = _loaded("resnet19", seed=6)
     images = np.random.default_rng(7).normal(size=(2, 16, 16, 3)).astype(np.float32)

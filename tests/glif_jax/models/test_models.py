@@ -362,6 +362,7 @@ def _loss_and_grads(model, x):
     return step(model, x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", models.names())
 def test_every_network_runs_forward_and_backward_on_a_tiny_input(name):
     # The scan time loop compiles fastest; the implementations agree (tests/glif_jax/kernels).
@@ -392,6 +393,7 @@ def test_every_network_runs_forward_and_backward_on_a_tiny_input(name):
     assert counts and set(counts) == {1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["spiking_cnn", "sew_7b_widenet"])
 def test_logits_are_the_readout_of_the_per_step_logits(name):
     model = _create(name, **TINY[name])
@@ -403,6 +405,7 @@ def test_logits_are_the_readout_of_the_per_step_logits(name):
     np.testing.assert_allclose(logits, per_step.mean(axis=0), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_logits_and_gradients():
     x = _inputs("resnet19")
     results = []

@@ -88,6 +88,7 @@ def test_a_researchers_sharded_jit_divides_the_work(mesh):
     assert gathers == []
 
 
+@pytest.mark.slow
 def test_the_spike_analysis_of_a_split_batch_is_that_of_the_whole(mesh):
     from glif_jax import analysis
 

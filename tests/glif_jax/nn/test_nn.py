@@ -178,6 +178,7 @@ class _Block(nnx.Module):
         return self.lif(nn.per_frame(lambda y: self.bn(self.conv(y)), x)) + x
 
 
+@pytest.mark.slow
 def test_recompute_gives_the_outputs_gradients_and_statistics_of_the_plain_call():
     x = 0.5 + jax.random.normal(jax.random.key(0), (3, 2, 6, 6, 4))
     results = []
@@ -219,6 +220,7 @@ def test_recompute_puts_no_conditional_around_the_recomputed_layer():
     assert "conditional(" not in hlo
 
 
+@pytest.mark.slow
 def test_recompute_lowers_the_compiled_peak_memory():
     blocks = [_Block(nnx.Rngs(i)) for i in range(6)]
     x = jnp.ones((3, 16, 16, 16, 4))
