@@ -91,9 +91,9 @@ def test_sharded_step_divides_the_work():
 
 @pytest.mark.slow
 def test_every_implementation_network_and_remat_divides_the_work():
+    # "xla" is what "auto" runs on the CPU: test_sharded_step_divides_the_work compiles it.
     cases = [
         "resnet19:scan",
-        "resnet19:xla",
         "resnet19:pallas",
         "resnet19:xla:remat",
         "resnet18:auto",
