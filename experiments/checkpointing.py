@@ -8,9 +8,9 @@ damaged one has an intact one to fall back to) and the one of the best end-of-ep
 
 What this module adds, because orbax does not do it:
 
-- a :func:`config_fingerprint` in each checkpoint's ``meta``, checked on restore: a checkpoint of
-  another config, or for another model, is a :class:`CheckpointMismatchError` (a different run,
-  not damage, so there is no fallback);
+- the config's fingerprint (:meth:`experiments.settings.Settings.fingerprint`) in each
+  checkpoint's ``meta``, checked on restore: a checkpoint of another config, or for another
+  model, is a :class:`CheckpointMismatchError` (a different run, not damage, so no fallback);
 - an integrity record (:data:`INTEGRITY_FILE`: each file's size and CRC-32). Tensorstore checks
   the CRC-32C of the OCDBT b-tree nodes and a truncated file fails to read, but the arrays'
   bytes carry no checksum: one byte changed in a data file restores silently as another value
@@ -141,8 +141,8 @@ class Checkpoints:
     Args:
       workdir: the run's folder.
       max_to_keep: how many of the newest checkpoints to keep (the best is kept besides).
-      fingerprint: this run's config fingerprint (:func:`experiments.recipe.config_fingerprint`),
-        stored with each checkpoint and checked on restore.
+      fingerprint: this run's :meth:`experiments.settings.Settings.fingerprint`, stored with
+        each checkpoint and checked on restore.
       schedule_keys: the fingerprint's keys that a resume may change when ``allow_change``.
       report: where the one-line reports of damaged checkpoints go.
       allow_change: restore a checkpoint whose ``schedule_keys`` differ from ``fingerprint``'s
