@@ -207,10 +207,50 @@ def _first(analysis):
     return analysis[0] if isinstance(analysis, list | tuple) else analysis
 
 
+STEP_KEYS = (
+    "flops_per_device",
+    "bytes_accessed_per_device",
+    "argument_bytes",
+    "output_bytes",
+    "alias_bytes",
+    "temp_bytes",
+    "peak_bytes",
+    "compile_seconds",
+    "collectives",
+    "collective_bytes",
+    "fits",
+    "roofline_seconds",
+    "roofline_images_per_second",
+    "compiler_error",
+)
+"""The keys of a step's report in ``compile.json``; a step the compiler refused for want of
+memory has ``fits: false``, its ``compiler_error`` and ``None`` for the figures."""
+
+
+def _compile(lowered: jax.stages.Lowered) -> tuple[jax.stages.Compiled | None, str | None]:
+    """The compiled program, or ``(None, the compiler's first line)`` when the compiler refuses it
+    for want of memory: the TPU compiler does, for a program larger than the chip's HBM (with
+    XLA's status code ``RESOURCE_EXHAUSTED``); the CPU compiler never does."""
+    try:
+        return lowered.compile(), None
+    except jax.errors.JaxRuntimeError as error:
+        text = str(error).strip()
+        if "RESOURCE_EXHAUSTED" not in text:
+            raise
+        return None, text.splitlines()[0][:300]
+
+
 def _step_report(lowered: jax.stages.Lowered, chip: Chip | None, hbm_bytes: int | None):
     start = time.perf_counter()
-    compiled = lowered.compile()
+    compiled, refused = _compile(lowered)
     seconds = time.perf_counter() - start
+    if compiled is None:
+        # What the compiler says is all there is: the program was never laid out in memory.
+        report = dict.fromkeys(STEP_KEYS)
+        report.update(
+            compile_seconds=round(seconds, 2), collectives={}, fits=False, compiler_error=refused
+        )
+        return report, ""
     cost = _first(compiled.cost_analysis()) or {}
     memory = compiled.memory_analysis()
     hlo = compiled.as_text()
@@ -238,6 +278,7 @@ def _step_report(lowered: jax.stages.Lowered, chip: Chip | None, hbm_bytes: int 
         "fits": None if hbm_bytes is None else peak <= hbm_bytes,
         "roofline_seconds": None,
         "roofline_images_per_second": None,
+        "compiler_error": None,
     }
     if chip is not None:
         report["roofline_seconds"] = max(
@@ -349,7 +390,10 @@ def find_max_batch(
             train.make_mesh(trial.batch_size, devices),
         )
         batch = _batch(info, trial.batch_size, trainer.batch_sharding, eval=False)
-        memory = trainer.lower("train", batch).compile().memory_analysis()
+        compiled, _ = _compile(trainer.lower("train", batch))
+        if compiled is None:
+            return False
+        memory = compiled.memory_analysis()
         peak = (
             memory.argument_size_in_bytes
             + memory.output_size_in_bytes
@@ -453,6 +497,12 @@ def summary_line(report: dict[str, Any]) -> str:
     """One line: where, how many devices, and the train step's per-device figures."""
     step = report["train_step"]
     where = report["topology"] or "local devices"
+    if step["compiler_error"]:
+        return (
+            f"{where}: {report['devices']} × {report['device_kind']}, "
+            f"{report['per_device_batch']} per device; train step DOES NOT FIT, the compiler "
+            f"refused it: {step['compiler_error']}"
+        )
     kinds = ", ".join(
         f"{kind} ×{entry['count']} {entry['bytes'] / 2**20:.1f} MiB"
         for kind, entry in sorted(step["collectives"].items())

@@ -164,11 +164,14 @@ def _run(config, workdir: str) -> None:
         print(aot.summary_line(report))
         step = report["train_step"]
         if step["fits"] is False:
+            hbm = f"{report['hbm_bytes_per_device'] / 2**30:.2f} GiB of HBM"
+            if step["compiler_error"]:
+                what = f"does not fit the {hbm} (the compiler: {step['compiler_error']})"
+            else:
+                what = f"needs {step['peak_bytes'] / 2**30:.2f} GiB per device, more than the {hbm}"
             print(
-                f"error: the train step needs {step['peak_bytes'] / 2**30:.2f} GiB per device, "
-                f"more than the {report['hbm_bytes_per_device'] / 2**30:.2f} GiB of HBM of "
-                f"{report['device_kind']}: lower --per_device_batch or set "
-                "--config.model_options.remat=True (see compile.json).",
+                f"error: the train step {what} of {report['device_kind']}: lower "
+                "--per_device_batch or set --config.model_options.remat=True (see compile.json).",
                 file=sys.stderr,
             )
             sys.exit(1)

@@ -131,6 +131,12 @@ def table(out: Path) -> str:
                 lines.append(f"| {row} | {pod} | | not compiled | | | | | | |")
                 continue
             step = report["train_step"]
+            if step.get("compiler_error"):
+                lines.append(
+                    f"| {row} | {pod} | {report['devices']} | does not fit: "
+                    f"{step['compiler_error']} | | | | | | |"
+                )
+                continue
             fits = "" if step["fits"] else " **does not fit**"
             per_chip = step["roofline_images_per_second"]
             lines.append(

@@ -222,6 +222,41 @@ def test_a_step_that_does_not_fit_exits_with_one_line(tmp_path):
     assert json.loads((tmp_path / "compile.json").read_text())["train_step"]["fits"] is False
 
 
+@pytest.mark.slow
+@needs_libtpu
+def test_a_step_the_tpu_compiler_refuses_is_one_line_and_a_failed_probe(tmp_path):
+    # Far beyond a v5e's 16 GiB: libtpu refuses to lay it out (RESOURCE_EXHAUSTED), rather than
+    # compile a program whose memory analysis says it does not fit.
+    result = _main(
+        "--config=experiments/configs/digits.py",
+        f"--workdir={tmp_path}",
+        "--mode=compile",
+        "--topology=v5e:2x2",
+        "--per_device_batch=2000000",
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "RESOURCE_EXHAUSTED" in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    step = json.loads((tmp_path / "compile.json").read_text())["train_step"]
+    assert step["fits"] is False and "HBM" in step["compiler_error"]
+    assert step["peak_bytes"] is None and set(step) == set(aot.STEP_KEYS)
+    # The search treats the refusal as a batch that does not fit.
+    script = """
+import json
+from experiments import aot
+from experiments.configs import digits
+devices = aot.topology_devices("v5e:2x2")
+found = aot.find_max_batch(
+    digits.get_config(), devices, chip=aot.CHIPS["v5e"], start=2**16, upper=2**21, tolerance=0.5
+)
+print(json.dumps(found))
+"""
+    searched = _run(["-c", script])
+    assert searched.returncode == 0, searched.stderr[-3000:]
+    assert 0 < json.loads(searched.stdout.strip().splitlines()[-1]) < 2**21
+
+
 @needs_libtpu
 def test_several_slices_give_every_slices_chips():
     devices = aot.topology_devices("v5e:2x2", num_slices=2)
