@@ -219,8 +219,8 @@ class Checkpoints:
         """Wait for the save in flight, and seal it (on process 0)."""
         self.manager.wait_until_finished()
         step, self._unsealed = self._unsealed, None
-        if step is not None and jax.process_index() == 0 and self._step_dir(step).is_dir():
-            seal(self._step_dir(step))
+        if step is not None and jax.process_index() == 0 and self.path(step).is_dir():
+            seal(self.path(step))
 
     def steps(self) -> list[int]:
         """The steps of the finished checkpoints, oldest first."""
@@ -228,9 +228,6 @@ class Checkpoints:
 
     def path(self, step: int) -> Path:
         """The folder of the checkpoint of ``step``."""
-        return self._step_dir(step)
-
-    def _step_dir(self, step: int) -> Path:
         return self.directory / str(step)
 
     def _candidates(self, which: str) -> list[int]:
@@ -261,7 +258,7 @@ class Checkpoints:
         """
         failures = []
         for step in self._candidates(which):
-            problem = damage(self._step_dir(step))
+            problem = damage(self.path(step))
             if problem is None:
                 try:
                     restored = self._read(step, abstract_state)
@@ -280,7 +277,7 @@ class Checkpoints:
                 self.report(f"resuming from the newest intact checkpoint, {step}")
                 if set_aside:
                     self._set_aside([failed for failed, _ in failures])
-            step_dir = self._step_dir(step)
+            step_dir = self.path(step)
             if jax.process_index() == 0 and not (step_dir / INTEGRITY_FILE).exists():
                 seal(step_dir)  # it was read back whole
             return restored
@@ -302,7 +299,7 @@ class Checkpoints:
                 target = damaged / str(step)
                 while target.exists():
                     target = target.with_name(target.name + "+")
-                self._step_dir(step).rename(target)
+                self.path(step).rename(target)
                 self.report(f"moved the damaged checkpoint {step} to {target}")
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
