@@ -25,7 +25,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +40,12 @@ __all__ = [
     "CHIPS",
     "Chip",
     "CompileError",
+    "Search",
     "collectives",
     "compile_and_report",
     "compile_steps",
     "find_max_batch",
+    "largest_that_fits",
     "topology_devices",
 ]
 
@@ -355,6 +357,66 @@ def compile_steps(
     return report, hlo
 
 
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """What :func:`largest_that_fits` found.
+
+    Attributes:
+      largest: the largest size that fits (0 if none did).
+      smallest_failure: the smallest size that did not (``None`` if every probe fitted).
+      probes: ``(size, fitted)`` in the order tried.
+      exact: the search ended by its own rule (the bound fits, or the bracket is within the
+        tolerance), not by its deadline.
+    """
+
+    largest: int
+    smallest_failure: int | None
+    probes: tuple[tuple[int, bool], ...]
+    exact: bool
+
+
+def largest_that_fits(
+    fits: Callable[[int], bool],
+    *,
+    start: int,
+    upper: int,
+    tolerance: float = 0.0,
+    deadline: float | None = None,
+) -> Search:
+    """The largest size for which ``fits`` holds, assuming that it holds below some size.
+
+    Doubling from ``start`` until a size does not fit or ``upper`` does, then bisection between
+    the largest fit (0 if none) and the smallest failure until they are at most
+    ``max(1, tolerance · largest)`` apart. Each probe is a compile (``--find_max_batch``) or a
+    training step (the GPU benchmark), so the search is what counts them.
+
+    Args:
+      fits: one probe: whether a size fits.
+      start, upper: the first size probed, and the largest.
+      tolerance: the bisection's stopping gap, relative to the largest fit.
+      deadline: ``time.time()`` after which no further probe starts; the first always runs
+        (``None``: no limit).
+    """
+    if not 1 <= start <= upper:
+        raise ValueError(f"need 1 <= start <= upper, got start={start}, upper={upper}.")
+    low, high, probes = 0, None, []  # low fits (0 trivially), high does not
+
+    def done() -> bool:
+        bracketed = high is not None and high - low <= max(1, int(tolerance * low))
+        return low >= upper or bracketed
+
+    def out_of_time() -> bool:
+        return deadline is not None and time.time() > deadline
+
+    size = start
+    while not done() and not (probes and out_of_time()):
+        fitted = bool(fits(size))
+        probes.append((size, fitted))
+        low, high = (size, high) if fitted else (low, size)
+        size = min(2 * size, upper) if high is None else (low + high) // 2
+    return Search(low, high, tuple(probes), exact=done())
+
+
 def find_max_batch(
     config: ml_collections.ConfigDict,
     devices: Sequence[jax.Device],
@@ -364,10 +426,9 @@ def find_max_batch(
     upper: int = 4096,
     tolerance: float = 0.0,
 ) -> int:
-    """The largest per-device batch whose train step fits the device's memory, by compiling:
-    doubling (or halving) from ``start`` to a batch that fits and one that does not, then
-    bisecting between them until they are at most ``max(1, tolerance · low)`` apart; 0 if one
-    image does not fit, ``upper`` if that does.
+    """The largest per-device batch whose train step fits the device's memory, by compiling
+    (:func:`largest_that_fits` from ``start``): 0 if one image does not fit, ``upper`` if that
+    does.
 
     Raises:
       CompileError: the device's memory is unknown (a CPU), so nothing can be said to fit.
@@ -402,25 +463,8 @@ def find_max_batch(
         )
         return peak <= hbm_bytes
 
-    low, high = 0, None  # low fits (0 trivially), high does not
-    trial = max(1, min(start, upper))
-    while True:
-        if fits(trial):
-            low = trial
-            if high is not None or trial >= upper:
-                break
-            trial = min(2 * trial, upper)
-        else:
-            high = trial
-            if low > 0 or trial == 1:
-                break
-            trial //= 2
-    if high is None:
-        return low
-    while high - low > max(1, int(tolerance * low)):
-        middle = (low + high) // 2
-        low, high = (middle, high) if fits(middle) else (low, middle)
-    return low
+    start = max(1, min(start, upper))
+    return largest_that_fits(fits, start=start, upper=upper, tolerance=tolerance).largest
 
 
 def compile_and_report(

@@ -14,10 +14,8 @@ Parts, each a table in ``runs/benchmarks/results.md`` and ``results.json`` (or `
   memory, convolution TFLOP/s (:mod:`experiments.benchmarks.training`,
   :mod:`experiments.benchmarks.torch_networks`);
 * ``max_batch``: the largest batch of a training step that fits, both frameworks, with and
-  without recomputation.
+  without recomputation (:mod:`experiments.benchmarks.max_batch`).
 
 ``--quick`` runs every part at toy sizes in a few seconds (the smoke test). On a GPU,
 ``experiments/benchmarks/gpu_check.sh`` runs the GPU tests and the whole benchmark in one go.
-
-``--quick`` runs every part at toy sizes in a few seconds (the smoke test).
 """

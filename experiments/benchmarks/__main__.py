@@ -67,13 +67,12 @@ _NOTES = {
         "`images/s` the batch over it. `conv_TFLOP/s` counts 3 × 2 × the forward convolutions' "
         "MACs × T × batch per step (forward, and the input and kernel gradients), over the best "
         "step; `of_peak` divides it by the device's dense peak for the dtype (H200: 494.7 TF32, "
-        "989.4 BF16; `--peak-tflops`). `peak_MiB`: glif_jax's device high-water mark when it "
-        "rose during the setting (`peak_source` device), else XLA's account of the compiled "
-        "step (xla; arguments and outputs not aliased, plus `temp_MiB`, its scratch); PyTorch's "
-        "`torch.cuda.max_memory_allocated`. `vs_eager`/`vs_compiled`: glif_jax's images/s over "
-        "that PyTorch row's. The precision columns state what each side's float32 convolutions "
-        "may use: JAX's default matmul precision (None, JAX's default, lets XLA use TF32 on "
-        "NVIDIA GPUs since Ampere) and PyTorch's TF32 switches (cuDNN's governs convolutions). "
+        "989.4 BF16; `--peak-tflops`). `peak_MiB`: glif_jax's is XLA's account of the compiled "
+        "step (arguments and outputs not aliased, plus `temp_MiB`, its scratch); PyTorch's "
+        "`torch.cuda.max_memory_allocated` (on a GPU). `vs_eager`/`vs_compiled`: glif_jax's "
+        "images/s over that PyTorch row's. The precision columns state what each side's "
+        "float32 convolutions may use: JAX's default matmul precision (None, JAX's default, "
+        "lets XLA use TF32 on NVIDIA GPUs since Ampere) and PyTorch's cuDNN TF32 switch. "
         "Rows past `--train-budget-s` are listed as skipped. `peak_vs_no_remat`: peak memory "
         "with recomputation over that without."
     ),
@@ -83,10 +82,7 @@ _NOTES = {
         "largest fit; `probes` lists each batch tried (✓ fits, ✗ out of memory, or past cuDNN's"
         " 32-bit size limit). `exact` is false when the time budget ended the search "
         "(`max_batch` is then a lower bound; every search makes at least one probe), and a "
-        "search that reaches `--max-batch-upper` reports that bound. `linear_estimate` scales "
-        "the largest fit's memory beyond its fixed part (glif_jax: XLA's scratch for the step; "
-        "PyTorch: what the step allocated beyond the weights and optimizer state) linearly with"
-        " the batch to the device's memory: a guide, not a probe. On a GPU each search runs in "
+        "search that reaches `--max-batch-upper` reports that bound. On a GPU each search runs in "
         "a fresh process: glif_jax with XLA's allocator given 92% of the device at start, "
         "PyTorch with its caching allocator. PyTorch's `remat` is `torch.utils.checkpoint` "
         "around each residual block (not an option of the reference)."
@@ -230,9 +226,9 @@ def _training(args, results: dict, notes: dict, compare_torch: bool) -> None:
 
 def _max_batch(args, results: dict, notes: dict, compare_torch: bool) -> None:
     """The max_batch part, written out after every search."""
-    from experiments.benchmarks import training
+    from experiments.benchmarks import max_batch
 
-    results["parts"]["max_batch"] = training.max_batch(
+    results["parts"]["max_batch"] = max_batch.measure(
         args.train_model,
         _ints(args.max_batch_time_steps),
         tuple(_ints(args.image_shape)),

@@ -21,8 +21,8 @@
 # and each torch.compile row a new graph. Its rows run by priority (float32 before bfloat16, T
 # increasing, batch increasing; glif_jax and PyTorch eager at every setting before any
 # torch.compile row), and the rows past the budget are listed as skipped. Each max-batch search
-# makes at least one probe (from batch 256) and reports, besides the largest fit, a linear
-# extrapolation of the step's memory to the device's. The variables below move the limits, e.g.
+# makes at least one probe (from batch 256); one out of time reports its bracket. The variables
+# below move the limits, e.g.
 # STAGES=training TRAIN_BUDGET_S=420 TRAIN_TIMEOUT_S=480 for a longer training grid alone.
 #
 # Python packages: the training benchmark imports experiments.train, which imports
