@@ -353,15 +353,17 @@ def measure(
     """
     options = tuple(sorted((model_options or {}).items()))
     variants = [v for v in torch_variants if model in TORCH_MODELS]
-    kinds = [("glif_jax", False)] + [("glif_jax", True)] * remat
-    kinds += [("pytorch eager", False)] * ("eager" in variants)
-    kinds_last = [("pytorch compiled", False)] * ("compiled" in variants)
-    plan = [  # (framework, setting), most important first
+    # Most important first: every glif_jax row (with and without recomputation) and PyTorch eager
+    # one, by dtype, T and batch; then the torch.compile rows, whose compilations take longest.
+    first_pass = [("glif_jax", False)] + [("glif_jax", True)] * remat
+    first_pass += [("pytorch eager", False)] * ("eager" in variants)
+    second_pass = [("pytorch compiled", False)] * ("compiled" in variants)
+    plan = [
         (framework, Setting(model, steps, batch, dtype, image_shape, recompute, options))
-        for kinds_of_a_pass in (kinds, kinds_last)
+        for rows_of_a_pass in (first_pass, second_pass)
         for dtype in dtypes
         for steps in time_steps
-        for framework, recompute in kinds_of_a_pass
+        for framework, recompute in rows_of_a_pass
         for batch in batches
     ]
 
