@@ -30,6 +30,7 @@ from experiments.benchmarks.training import (
     GlifJaxStep,
     Setting,
     error_text,
+    free_torch_memory,
     reference_cudnn,
     torch_batch,
     torch_device,
@@ -100,11 +101,15 @@ def pytorch_step(setting: Setting) -> Callable[[int], None]:
     autocast = torch.bfloat16 if setting.dtype == "bfloat16" else None
 
     def step(batch: int) -> None:
-        with reference_cudnn():  # and the memory of a step that failed handed back
-            x, y = torch_batch(dataclasses.replace(setting, batch=batch), device)
-            torch_networks.train_step(model, optimizer, x, y, autocast_dtype=autocast).item()
-            del x, y
+        x = y = None
+        try:
+            with reference_cudnn():
+                x, y = torch_batch(dataclasses.replace(setting, batch=batch), device)
+                torch_networks.train_step(model, optimizer, x, y, autocast_dtype=autocast).item()
+        finally:  # the next probe gets the device back, whether this one fitted or not
+            x = y = None
             optimizer.zero_grad(set_to_none=True)
+            free_torch_memory()
 
     return step
 

@@ -218,8 +218,7 @@ def torch_device() -> str:
 
 @contextlib.contextmanager
 def reference_cudnn():
-    """cuDNN as the reference's ``seed_all`` leaves it: deterministic, benchmark mode off; and
-    PyTorch's device memory handed back afterwards."""
+    """cuDNN as the reference's ``seed_all`` leaves it: deterministic, benchmark mode off."""
     import torch
 
     saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
@@ -228,9 +227,15 @@ def reference_cudnn():
         yield
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+
+
+def free_torch_memory() -> None:
+    """Hand PyTorch's cached device memory back, once its tensors are gone."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def torch_batch(setting: Setting, device: str):
@@ -258,27 +263,33 @@ def time_pytorch(
     row["autocast"] = "bfloat16" if setting.dtype == "bfloat16" else "off"
     autocast = torch.bfloat16 if setting.dtype == "bfloat16" else None
     device, warmup = torch_device(), 2 if variant == "compiled" else 1
-    with reference_cudnn():
-        model = torch_networks.resnet19_from_state_dict(weights, remat=setting.remat, device=device)
-        optimizer = torch_networks.reference_optimizer(model, **torch_recipe(setting))
-        torch._dynamo.reset()  # a fresh compilation, timed in the first step
-        forward = torch.compile(model) if variant == "compiled" else model
-        x, y = torch_batch(setting, device)
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for _ in range(warmup + repeats):
-            start = time.perf_counter()
-            loss = torch_networks.train_step(forward, optimizer, x, y, autocast_dtype=autocast)
-            row["loss_finite"] = math.isfinite(loss.item())
-            times.append(time.perf_counter() - start)
-        if variant == "compiled":
-            row["compile_s"] = max(times[0] - statistics.median(times[warmup:]), 0.0)
-        if device == "cuda":
-            row["peak_MiB"] = torch.cuda.max_memory_allocated() / 2**20
-        del model, optimizer, forward, x, y, loss
+    model = optimizer = forward = x = y = loss = None
+    try:
+        with reference_cudnn():
+            model = torch_networks.resnet19_from_state_dict(
+                weights, remat=setting.remat, device=device
+            )
+            optimizer = torch_networks.reference_optimizer(model, **torch_recipe(setting))
+            torch._dynamo.reset()  # a fresh compilation, timed in the first step
+            forward = torch.compile(model) if variant == "compiled" else model
+            x, y = torch_batch(setting, device)
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(warmup + repeats):
+                start = time.perf_counter()
+                loss = torch_networks.train_step(forward, optimizer, x, y, autocast_dtype=autocast)
+                row["loss_finite"] = math.isfinite(loss.item())
+                times.append(time.perf_counter() - start)
+            if variant == "compiled":
+                row["compile_s"] = max(times[0] - statistics.median(times[warmup:]), 0.0)
+            if device == "cuda":
+                row["peak_MiB"] = torch.cuda.max_memory_allocated() / 2**20
+    finally:  # the next row gets the device back, whether this one ran or failed
+        model = optimizer = forward = x = y = loss = None
         torch._dynamo.reset()  # its caches hold the network
+        free_torch_memory()
     _fill_times(row, times[warmup:], flops, peak)
     return row
 
