@@ -241,14 +241,16 @@ def test_a_step_the_tpu_compiler_refuses_is_one_line_and_a_failed_probe(tmp_path
     step = json.loads((tmp_path / "compile.json").read_text())["train_step"]
     assert step["fits"] is False and "HBM" in step["compiler_error"]
     assert step["peak_bytes"] is None and set(step) == set(aot.STEP_KEYS)
-    # The search treats the refusal as a batch that does not fit.
+    # The search treats the refusal as a batch that does not fit. Two probes: 2**16 images per
+    # chip, which libtpu refuses (in a second), then half of it, which fits (a compile of a
+    # minute); a tolerance of 1 stops the search there, as any further probe costs another minute.
     script = """
 import json
 from experiments import aot
 from experiments.configs import digits
 devices = aot.topology_devices("v5e:2x2")
 found = aot.find_max_batch(
-    digits.get_config(), devices, chip=aot.CHIPS["v5e"], start=2**16, upper=2**21, tolerance=0.5
+    digits.get_config(), devices, chip=aot.CHIPS["v5e"], start=2**16, upper=2**21, tolerance=1.0
 )
 print(json.dumps(found))
 """
@@ -282,8 +284,10 @@ def test_find_max_batch_finds_the_largest_batch_that_fits(monkeypatch):
             peaks[per_device] = report["train_step"]["peak_bytes"]
         return peaks[per_device]
 
-    budget = (peak(16) + peak(32)) // 2
+    # Every probe is a compile of its own: a budget between batches 2 and 4 and a search from 1
+    # to 8 take four (1, 2, 4, 3), doubling and then bisecting.
+    budget = (peak(2) + peak(4)) // 2
     monkeypatch.setattr(aot, "_local_hbm_bytes", lambda device: budget)
-    found = aot.find_max_batch(tiny_digits.get_config(), devices, chip=None, start=4, upper=64)
-    assert 16 <= found < 32
+    found = aot.find_max_batch(tiny_digits.get_config(), devices, chip=None, start=1, upper=8)
+    assert 2 <= found < 4
     assert peak(found) <= budget < peak(found + 1)

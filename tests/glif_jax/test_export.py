@@ -117,6 +117,7 @@ def test_every_kernel_exports_with_its_gradient(data):
 
 
 def _small_resnet19():
+    # One block per stage: every kind of layer and shortcut of ResNet-19, at half the compile.
     return models.create(
         "resnet19",
         num_classes=10,
@@ -124,6 +125,7 @@ def _small_resnet19():
         rngs=nnx.Rngs(0),
         stem_channels=8,
         stage_channels=(8, 16, 16),
+        stage_repeats=(1, 1, 1),
         head_width=16,
     )
 

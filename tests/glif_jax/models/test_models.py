@@ -14,16 +14,21 @@ from flax import nnx
 from glif_jax import models, surrogates
 from glif_jax import nn as gnn
 
-# Small versions for the behaviour tests (full sizes are checked through eval_shape). The 34-layer
-# networks keep one block per stage here; their full depth is in the parameter-count tests.
+# Small versions for the behaviour tests (full sizes are checked through eval_shape). The ResNets
+# keep one block per stage here (MS-ResNet-18 two in its first, for a membrane-shortcut block with
+# the identity shortcut); their full depth is in the parameter-count tests.
 TINY = {
-    "resnet19": dict(stem_channels=8, stage_channels=(8, 16, 16), head_width=16),
-    "resnet18": dict(stem_channels=8, stage_channels=(8, 8, 16, 16), head_width=16),
+    "resnet19": dict(
+        stem_channels=8, stage_channels=(8, 16, 16), stage_repeats=(1, 1, 1), head_width=16
+    ),
+    "resnet18": dict(
+        stem_channels=8, stage_channels=(8, 8, 16, 16), stage_repeats=(1, 1, 1, 1), head_width=16
+    ),
     "cifarnet": dict(
         features=(8, 8, "A", 16, "A", 16, 8), classifier_widths=(16, 8), input_size=16
     ),
     "resnet34": dict(stem_channels=8, stage_channels=(8, 8, 16, 16), stage_repeats=(1, 1, 1, 1)),
-    "ms_resnet18": dict(stem_channels=8, stage_channels=(8, 8, 16, 16)),
+    "ms_resnet18": dict(stem_channels=8, stage_channels=(8, 8, 16, 16), stage_repeats=(2, 1, 1, 1)),
     "ms_resnet34": dict(stem_channels=8, stage_channels=(8, 8, 16, 16), stage_repeats=(1, 1, 1, 1)),
     "sew_7b_widenet": dict(layer_list=((8, False), (8, True), (16, True)), input_size=16),
     "spiking_cnn": dict(channels=(8, 16, 16)),
@@ -409,7 +414,7 @@ def test_logits_are_the_readout_of_the_per_step_logits(name):
 def test_remat_gives_the_same_logits_and_gradients():
     x = _inputs("resnet19")
     results = []
-    options = {**TINY["resnet19"], "stage_repeats": (1, 1, 1), "implementation": "scan"}
+    options = {**TINY["resnet19"], "implementation": "scan"}
     for remat in (False, True):
         model = _create("resnet19", **options, remat=remat)
         (_, per_step), grads = _loss_and_grads(model, x)
