@@ -291,3 +291,39 @@ def test_find_max_batch_finds_the_largest_batch_that_fits(monkeypatch):
     found = aot.find_max_batch(tiny_digits.get_config(), devices, chip=None, start=1, upper=8)
     assert 2 <= found < 4
     assert peak(found) <= budget < peak(found + 1)
+
+
+@pytest.mark.parametrize("threshold", [1, 63, 64, 65, 100, 1000, 5000])
+def test_the_search_finds_the_largest_size_below_a_threshold(threshold):
+    probed = []
+
+    def fits(batch):
+        probed.append(batch)
+        return batch <= threshold
+
+    found = aot.largest_that_fits(fits, start=64, upper=4096)
+    assert found.largest == min(threshold, 4096) and found.exact
+    assert found.smallest_failure == (None if threshold >= 4096 else threshold + 1)
+    assert [b for b, _ in found.probes] == probed
+    assert len(probed) <= 7 + 13  # doublings to the bound, then a bisection of 64..4096
+
+
+def test_the_search_stops_within_its_tolerance_and_at_its_deadline():
+    found = aot.largest_that_fits(lambda b: b <= 1000, start=64, upper=4096, tolerance=0.1)
+    assert found.exact and 1000 - 100 <= found.largest <= 1000
+    assert found.smallest_failure - found.largest <= 0.1 * found.largest
+
+    calls = []
+
+    def slow(batch):
+        calls.append(batch)
+        return batch <= 100
+
+    # Out of time from the start: the first probe still runs, and nothing after it.
+    found = aot.largest_that_fits(slow, start=8, upper=4096, deadline=0.0)
+    assert calls == [8] and found.largest == 8 and not found.exact
+    calls.clear()
+    found = aot.largest_that_fits(slow, start=128, upper=4096, deadline=0.0)
+    assert calls == [128] and found.largest == 0 and found.smallest_failure == 128
+    with pytest.raises(ValueError, match="start <= upper"):
+        aot.largest_that_fits(slow, start=10, upper=5)
