@@ -13,13 +13,15 @@ WORKDIR ?= runs/digits
 demo: $(VENV)/.demo
 	$(BIN)/python -m experiments.main --config=experiments/configs/digits.py --workdir=$(WORKDIR)
 
+# Work stealing: an idle worker takes tests queued on the other, so the long compiles do not
+# leave one worker waiting at the end.
 test: $(VENV)/.test
-	$(BIN)/python -m pytest -n 2 --durations=15
+	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=15
 
 # The edit loop: everything but the tests marked slow (whole runs, subprocesses, notebooks,
 # full-size compiles).
 test-fast: $(VENV)/.test
-	$(BIN)/python -m pytest -n 2 -m "not slow" --durations=10
+	$(BIN)/python -m pytest -n 2 --dist worksteal -m "not slow" --durations=10
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check .
