@@ -46,6 +46,7 @@ __all__ = [
     "compile_steps",
     "find_max_batch",
     "largest_that_fits",
+    "peak_bytes",
     "topology_devices",
 ]
 
@@ -242,6 +243,18 @@ def _compile(lowered: jax.stages.Lowered) -> tuple[jax.stages.Compiled | None, s
         return None, text.splitlines()[0][:300]
 
 
+def peak_bytes(memory) -> int:
+    """A compiled program's memory on one device, from its ``memory_analysis()``: arguments,
+    outputs and temporaries, a donated argument counted once (it shares its buffer with the
+    output it aliases)."""
+    return int(
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes
+        + memory.temp_size_in_bytes
+    )
+
+
 def _step_report(lowered: jax.stages.Lowered, chip: Chip | None, hbm_bytes: int | None):
     start = time.perf_counter()
     compiled, refused = _compile(lowered)
@@ -261,8 +274,7 @@ def _step_report(lowered: jax.stages.Lowered, chip: Chip | None, hbm_bytes: int 
     output = int(memory.output_size_in_bytes)
     alias = int(memory.alias_size_in_bytes)
     temp = int(memory.temp_size_in_bytes)
-    # Donated arguments share their buffers with the outputs they alias.
-    peak = argument + output - alias + temp
+    peak = peak_bytes(memory)
     flops = float(cost.get("flops", 0.0))
     bytes_accessed = float(cost.get("bytes accessed", 0.0))
     collective_bytes = sum(entry["bytes"] for entry in found.values())
@@ -454,14 +466,7 @@ def find_max_batch(
         compiled, _ = _compile(trainer.lower("train", batch))
         if compiled is None:
             return False
-        memory = compiled.memory_analysis()
-        peak = (
-            memory.argument_size_in_bytes
-            + memory.output_size_in_bytes
-            - memory.alias_size_in_bytes
-            + memory.temp_size_in_bytes
-        )
-        return peak <= hbm_bytes
+        return peak_bytes(compiled.memory_analysis()) <= hbm_bytes
 
     start = max(1, min(start, upper))
     return largest_that_fits(fits, start=start, upper=upper, tolerance=tolerance).largest

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import train
+from experiments import aot, train
 from experiments.benchmarks import timing
 from experiments.configs.base import base_config
 from experiments.settings import Settings
@@ -180,10 +180,9 @@ class GlifJaxStep:
         compiled = self.step.lower(state, data).compile()
         row["compile_s"] = time.perf_counter() - start
         memory = compiled.memory_analysis()
-        if memory is not None:  # XLA's account: what is live besides what the step overwrites
-            live = memory.argument_size_in_bytes + memory.output_size_in_bytes
-            live += memory.temp_size_in_bytes - memory.alias_size_in_bytes
-            row["peak_MiB"], row["temp_MiB"] = live / 2**20, memory.temp_size_in_bytes / 2**20
+        if memory is not None:  # XLA's account of the compiled step
+            row["peak_MiB"] = aot.peak_bytes(memory) / 2**20
+            row["temp_MiB"] = memory.temp_size_in_bytes / 2**20
         times = []
         for _ in range(repeats + 1):
             start = time.perf_counter()
