@@ -241,11 +241,12 @@ def main() -> None:
         for row in args.rows.split(",")
         for pod in args.pods.split(",")
     ]
+    # Every row's plain step before any with recomputation: the figure a reader looks for first.
     cells += [
         ("max_batch", row, topology, option)
+        for option in ("no_remat", "remat")
         for row in filter(None, args.max_batch.split(","))
         for topology in (SLICES[g] for g in args.max_batch_generations.split(","))
-        for option in ("no_remat", "remat")
     ]
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         for line in pool.map(lambda c: _run_cell(out, *c), cells):
