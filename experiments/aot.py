@@ -320,6 +320,21 @@ def _local_hbm_bytes(device: jax.Device) -> int | None:
     return None if not stats else stats.get("bytes_limit")
 
 
+def _memory_to_fit(devices: Sequence[jax.Device], chip: Chip | None) -> int:
+    """The bytes a step must fit in on each device, for ``find_max_batch``.
+
+    Raises:
+      CompileError: the devices do not report their memory (a CPU).
+    """
+    hbm_bytes = chip.hbm_bytes if chip else _local_hbm_bytes(devices[0])
+    if hbm_bytes is None:
+        raise CompileError(
+            f"--find_max_batch needs the devices' memory size, which {devices[0].device_kind} "
+            "does not report: pass --topology, or run on a GPU or TPU."
+        )
+    return hbm_bytes
+
+
 def compile_steps(
     config: ml_collections.ConfigDict,
     devices: Sequence[jax.Device],
@@ -445,12 +460,7 @@ def find_max_batch(
     Raises:
       CompileError: the device's memory is unknown (a CPU), so nothing can be said to fit.
     """
-    hbm_bytes = chip.hbm_bytes if chip else _local_hbm_bytes(devices[0])
-    if hbm_bytes is None:
-        raise CompileError(
-            f"--find_max_batch needs the devices' memory size, which {devices[0].device_kind} "
-            "does not report: pass --topology, or run on a GPU or TPU."
-        )
+    hbm_bytes = _memory_to_fit(devices, chip)
     info = data.dataset_info(config.dataset)
 
     def fits(per_device: int) -> bool:
@@ -511,6 +521,8 @@ def compile_and_report(
         devices, chip = jax.devices(), None
     else:
         devices, chip = topology_devices(topology, num_slices), _chip(topology)
+    if max_batch:
+        _memory_to_fit(devices, chip)  # before the first compile, not after it
     config = config.copy_and_resolve_references()
     if per_device_batch is not None:
         if per_device_batch < 1:

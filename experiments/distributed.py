@@ -51,6 +51,10 @@ def initialize_distributed(
 
     Returns:
       Whether this process joined a multi-process run.
+
+    Raises:
+      ValueError: the address, count and index are given in part (outside a cluster manager),
+        which would otherwise leave each process training alone.
     """
     import jax
 
@@ -58,6 +62,21 @@ def initialize_distributed(
     count = num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
     if process_id is None and "JAX_PROCESS_ID" in os.environ:
         process_id = int(os.environ["JAX_PROCESS_ID"])
+    missing = [
+        name
+        for name, absent in (
+            ("--coordinator_address (JAX_COORDINATOR_ADDRESS)", not address),
+            ("--num_processes (JAX_NUM_PROCESSES)", count < 1),
+            ("--process_id (JAX_PROCESS_ID)", process_id is None and count != 1),
+        )
+        if absent
+    ]
+    partial = 0 < len(missing) < 3 and count != 1  # one process needs no address
+    if partial and not _launched_by_a_cluster_manager():
+        raise ValueError(
+            f"a multi-process run needs {', '.join(missing)} as well as what was given; "
+            "give all three, or none for a single process."
+        )
     if address and count > 1:
         # CPU hosts exchange collectives through gloo; GPU and TPU ignore this setting.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -24,6 +24,7 @@ run holds, a non-finite loss, a failed peer, a step that does not fit); 130 when
 a bug and always shows it.
 """
 
+import importlib.util
 import os
 import sys
 
@@ -216,6 +217,27 @@ def _check_flags(argv) -> None:
         raise UsageError("--checkpoint and --reference_checkpoint go with --mode=eval or analyze.")
     if FLAGS.mode != "train" and FLAGS.allow_schedule_change:
         raise UsageError("--allow_schedule_change goes with --mode=train.")
+    if FLAGS.reference_checkpoint and importlib.util.find_spec("torch") is None:
+        raise UsageError(
+            "--reference_checkpoint reads a PyTorch file, which needs torch: "
+            "pip install 'glif_jax[torch]' (the CPU build is enough)."
+        )
+
+
+def _check_batch(config, process_count: int) -> None:
+    """The global batch against the training split and the devices, before anything compiles.
+    (``--mode=compile`` sets its own batch and devices: :mod:`experiments.aot` checks those.)"""
+    from experiments import data, train
+
+    if FLAGS.mode == "compile":
+        return
+    if FLAGS.mode == "analyze" and process_count > 1:
+        raise UsageError("the spike analysis runs on one process: run --mode=analyze on one host.")
+    try:
+        data.steps_per_epoch(config.dataset, config.batch_size)
+        train.make_mesh(config.batch_size)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _fail(error: BaseException, status: int):
@@ -239,16 +261,20 @@ def main(argv):
             _check_workdir(FLAGS.workdir)
     except (UsageError, ConfigError, aot.CompileError) as error:
         _fail(error, 2)
-    several = distributed.initialize_distributed(
-        FLAGS.coordinator_address,
-        FLAGS.num_processes,
-        FLAGS.process_id,
-        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
-    )
+    try:
+        several = distributed.initialize_distributed(
+            FLAGS.coordinator_address,
+            FLAGS.num_processes,
+            FLAGS.process_id,
+            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds,
+        )
+    except ValueError as error:
+        _fail(error, 2)
     import jax
 
     try:
         train.check_model(Settings.from_config(config))
+        _check_batch(config, jax.process_count())
         _check_workdir(FLAGS.workdir)  # made only once everything else is known to be right
         _run(config, FLAGS.workdir)
     except (UsageError, ConfigError, aot.CompileError) as error:

@@ -41,7 +41,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import data, recipe, reporting, workdir_lock
-from experiments.checkpointing import Checkpoints
+from experiments.checkpointing import CheckpointMismatchError, Checkpoints
 from experiments.configs.base import ConfigError
 from experiments.settings import SCHEDULE_KEYS, Input, Settings
 from glif_jax import nn as glif_nn
@@ -57,6 +57,8 @@ __all__ = [
     "create_train_state",
     "eval_step",
     "evaluate",
+    "evaluate_dataset",
+    "load_for_evaluation",
     "make_mesh",
     "train_and_evaluate",
     "train_step",
@@ -680,8 +682,11 @@ def load_for_evaluation(
     (``latest`` or ``best``), or a released reference checkpoint file; and a description of it.
 
     Raises:
-      NoCheckpointError: ``workdir`` has no such checkpoint.
-      CheckpointMismatchError, CheckpointCorruptError: see :mod:`experiments.checkpointing`.
+      NoCheckpointError: ``workdir`` has no such checkpoint, or ``reference_checkpoint`` no file.
+      CheckpointMismatchError: the checkpoint does not fit ``settings``' network (for a reference
+        file: another network, T or normalisation, as :mod:`glif_jax.interop` says).
+      CheckpointCorruptError: see :mod:`experiments.checkpointing`.
+      ImportError: a reference file needs torch, which is not installed.
     """
     data.check_prepared(settings.input.dataset, settings.input.data_dir)
     info = data.dataset_info(settings.input.dataset)
@@ -694,7 +699,18 @@ def load_for_evaluation(
         model = nnx.merge(
             trainer.graphs.eval, trainer.initial_state.params, trainer.initial_state.batch_stats
         )
-        interop.load_reference_checkpoint(reference_checkpoint, model=model)
+        if not Path(reference_checkpoint).is_file():
+            raise NoCheckpointError(f"--reference_checkpoint={reference_checkpoint}: no such file.")
+        try:
+            interop.load_reference_checkpoint(reference_checkpoint, model=model)
+        except (ValueError, TypeError) as error:  # other names or shapes; no layout known
+            said = str(error).rstrip(".")
+            if "plain_bn" in said:
+                said += ", which the config sets with --config.model_options.plain_bn"
+            raise CheckpointMismatchError(
+                f"--reference_checkpoint={reference_checkpoint} does not fit the config's "
+                f"network: {said}."
+            ) from None
         _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         state = jax.device_put(
             dataclasses.replace(trainer.initial_state, params=params, batch_stats=batch_stats),

@@ -53,6 +53,9 @@ def _error_line(result: subprocess.CompletedProcess) -> str:
         ("--config.foo=1", "unknown config key 'foo' (given: --config.foo)"),
         ("--mode=nope", "flag --mode=nope"),
         ("--topology=v5e:2x2", "go with --mode=compile"),
+        ("--config.batch_size=100000", "exceeds the 1437 training examples of 'digits'"),
+        ("--coordinator_address=localhost:1", "needs --num_processes (JAX_NUM_PROCESSES)"),
+        ("--num_processes=2", "needs --coordinator_address"),
     ],
 )
 def test_a_usage_error_prints_one_line_and_exits_2_before_compiling(tmp_path, flag, said):
@@ -60,6 +63,36 @@ def test_a_usage_error_prints_one_line_and_exits_2_before_compiling(tmp_path, fl
     assert result.returncode == 2, result.stderr[-3000:]
     assert said in _error_line(result)
     assert not (tmp_path / "run").exists()  # nothing built, nothing written
+
+
+@pytest.mark.slow
+def test_find_max_batch_without_a_memory_size_is_refused_before_compiling(tmp_path):
+    result = _run(TINY, f"--workdir={tmp_path}", "--mode=compile", "--find_max_batch")
+    assert result.returncode == 2
+    assert "--find_max_batch needs the devices' memory size" in _error_line(result)
+    assert not (tmp_path / "compile.json").exists()
+
+
+@pytest.mark.slow
+def test_a_reference_checkpoint_without_torch_or_file_is_one_line(tmp_path):
+    # torch hidden from this process only: the check looks for it, and imports nothing.
+    hide_torch = (
+        "import importlib.util, runpy, sys\n"
+        "find = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, *a: None if name == 'torch' else find(name, *a)\n"
+        "sys.argv = ['experiments.main', *sys.argv[1:]]\n"
+        "runpy.run_module('experiments.main', run_name='__main__')\n"
+    )
+    flags = (TINY, f"--workdir={tmp_path}", "--mode=eval", "--reference_checkpoint=none.pth")
+    result = subprocess.run(
+        [sys.executable, "-c", hide_torch, *flags], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "pip install 'glif_jax[torch]'" in _error_line(result)
+    pytest.importorskip("torch")
+    result = _run(*flags)
+    assert result.returncode == 1
+    assert "--reference_checkpoint=none.pth: no such file" in _error_line(result)
 
 
 @pytest.mark.slow

@@ -241,6 +241,25 @@ def test_eval_mode_evaluates_a_released_reference_checkpoint(tmp_path, monkeypat
     assert result["count"] == 12
     assert result["top1"] == pytest.approx(100 * correct / 12)
     assert result["source"] == str(path)
+    # Saved as plain BN (no tdBN Vth), as the released ImageNet file: the error names the config key.
+    plain = {k: torch.from_numpy(v) for k, v in state_dict.items() if not k.endswith(".Vth")}
+    torch.save({"state_dict": plain}, path)
+    with pytest.raises(
+        checkpointing.CheckpointMismatchError,
+        match=r"plain_bn=True, which the config sets with --config.model_options.plain_bn\.$",
+    ):
+        train.evaluate(config, tmp_path / "eval", reference_checkpoint=str(path))
+
+
+def test_a_reference_checkpoint_the_network_cannot_take_is_a_mismatch(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "other.pth"
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(4, 1, 3, 3)}}, path)
+    with pytest.raises(
+        checkpointing.CheckpointMismatchError,
+        match=r"other.pth does not fit the config's network: no reference layout for SpikingCNN",
+    ):
+        train.evaluate(tiny_digits.get_config(), tmp_path / "eval", reference_checkpoint=str(path))
 
 
 def test_batch_not_divisible_by_devices_is_an_error():
