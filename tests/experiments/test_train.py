@@ -241,7 +241,7 @@ def test_eval_mode_evaluates_a_released_reference_checkpoint(tmp_path, monkeypat
     assert result["count"] == 12
     assert result["top1"] == pytest.approx(100 * correct / 12)
     assert result["source"] == str(path)
-    # Saved as plain BN (no tdBN Vth), as the released ImageNet file: the error names the config key.
+    # Saved as plain BN (no tdBN Vth), as the released ImageNet file: the error names the flag.
     plain = {k: torch.from_numpy(v) for k, v in state_dict.items() if not k.endswith(".Vth")}
     torch.save({"state_dict": plain}, path)
     with pytest.raises(
