@@ -86,7 +86,7 @@ class Loop:
     """How the training loop runs.
 
     Attributes:
-      num_train_steps: stop after that many steps (``<= 0``: the recipe's ``num_epochs``).
+      num_train_steps: stop after that many steps (``-1``: the recipe's ``num_epochs``).
       log_every_steps: a log line every that many steps.
       checkpoint_every_steps: a checkpoint every that many steps, besides each epoch's end.
       max_to_keep: the newest checkpoints kept (the best is kept besides).

@@ -325,11 +325,17 @@ def init_params(
       (``(T,)``).
 
     Raises:
-      ValueError: a value outside (0, 1), non-positive ``channels`` or ``time_steps``.
+      ValueError: a value outside (0, 1), non-positive ``channels`` or ``time_steps``;
+        ``gates=None`` with a ``key`` (no gates, and gates to draw).
       TypeError: a value that is not a number, or a ``time_steps`` that is not an int.
     """
     fn = "init_params"
     check_sizes(channels, time_steps, fn)
+    if gates is None and key is not None:
+        raise ValueError(
+            f"{fn}: gates=None asks for no gate parameters (GLIF_f) and key for drawn ones; "
+            "pass one of them."
+        )
     # Drawn gates replace the given ones, which are then not read.
     init = InitialValues(
         tau=tau,

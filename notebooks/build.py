@@ -6,9 +6,9 @@ After editing one, refresh its outputs with::
     .venv/bin/python notebooks/build.py                          # every notebook
     .venv/bin/python notebooks/build.py 02_surrogate_gradients   # one, by name
 
-Each notebook reads ``GLIF_NOTEBOOKS_FULL``: unset or ``0``, it runs at small settings that finish
-in seconds (what the test suite runs, ``tests/test_notebooks.py``); ``1``, at the full sizes shown
-in the committed outputs. This script sets it to ``1`` unless given ``--small``.
+The notebooks that train or sweep (02 and 03) read ``GLIF_NOTEBOOKS_FULL``: unset or ``0``, they
+run at small settings that finish in seconds (what the test suite runs,
+``tests/notebooks/test_notebooks.py``); ``1``, at the full sizes shown in the committed outputs. This script sets it to ``1`` unless given ``--small``.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
     # 0-based epoch e, with period = num_epochs unless set (periodic beyond it, as torch's).
     config.lr_period_epochs = config_dict.placeholder(int)
     # Loss on the mean-over-T logits; options the field uses, off by default.
-    config.loss = "cross_entropy"  # or "tet" (Deng et al., 2022): per-step CE + lambda·MSE
+    config.loss = "cross_entropy"  # or "tet" (Deng et al., 2022): (1 − λ)·per-step CE + λ·MSE
     config.tet_lambda = 1e-3
     config.tet_means = 1.0
     config.label_smoothing = 0.0

@@ -12,7 +12,7 @@ testing):
 * the forward kernel writes the spikes (and the membrane when asked) and keeps only ``x`` for the
   backward pass;
 * the backward kernel recomputes the membrane, writes dx and, per program, the column sums of
-  every :class:`~glif_jax.kernels.equations.GradientTerms` row, which are summed over the row
+  every :class:`~glif_jax.equations.GradientTerms` row, which are summed over the row
   blocks outside the kernel.
 
 On GPU every value of a sub-tile's time loop and the running sums live in registers, so the

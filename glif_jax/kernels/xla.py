@@ -8,7 +8,7 @@ unrolled in both directions, so that XLA fuses every step into a few passes over
 
 1. dx_t = g_u_t · input_scale_t for every t, one fused pass that recomputes both recurrences from
    x and the output cotangents: the only full-size write;
-2. the parameter gradients: the :class:`~glif_jax.kernels.equations.GradientTerms` of every
+2. the parameter gradients: the :class:`~glif_jax.equations.GradientTerms` of every
    neuron, summed over neurons, one reduction per term (which XLA fuses into sibling reductions).
    On the CPU, :mod:`glif_jax.kernels.xla_cpu` computes the same sums in loops shaped for
    XLA:CPU instead.

@@ -87,7 +87,7 @@ def summed_terms(
     *,
     rest: Callable[..., GradientTerms],
 ) -> GradientTerms:
-    """Every neuron's :class:`~glif_jax.kernels.equations.GradientTerms` summed over the
+    """Every neuron's :class:`~glif_jax.equations.GradientTerms` summed over the
     neurons, in few loops.
 
     In each loop the terms go along a new minor axis, each chosen by that axis's index: the loop
@@ -99,7 +99,7 @@ def summed_terms(
     Args:
       x, g_spikes, g_membrane: the input and the output cotangents, ``(T, ..., C)``
         (``g_membrane`` may be ``None``).
-      c, surrogate, detach_reset: as :func:`glif_jax.kernels.equations.reverse_step`.
+      c, surrogate, detach_reset: as :func:`glif_jax.equations.reverse_step`.
       rest: the generic sums, same arguments, for the neurons left over when J does not divide N.
     """
     with jax.named_scope(SCOPE):

@@ -307,6 +307,11 @@ def test_init_params_reads_no_gate_values_when_it_draws_the_gates():
     assert float(jnp.abs(drawn.alpha).max()) < 0.1
 
 
+def test_init_params_refuses_no_gates_with_a_key_to_draw_them():
+    with pytest.raises(ValueError, match="init_params: gates=None asks for no gate parameters"):
+        neuron.init_params(3, 2, gates=None, key=jax.random.key(0))
+
+
 def test_glif_step_simulates_online():
     rng = np.random.default_rng(2)
     params = random_params(rng, 7, 6)
