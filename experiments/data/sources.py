@@ -88,23 +88,33 @@ class TfdsSource:
             f"Dataset '{self.name}' is not prepared: no ArrayRecord files in {builder.data_dir}"
         )
         if formats:
+            # Into another data directory: converted in place, a dataset keeps TFRecord as its
+            # format and lists ArrayRecord as an alternative, which tfds (4.9) does not read back.
             found = ", ".join(sorted(f.value for f in formats))
+            converted_root = root.rstrip(os.sep) + "_array_record"
+            converted = os.path.join(converted_root, os.path.relpath(builder.data_dir, root))
             raise DatasetNotPreparedError(
-                f"{message} (it is there as {found}). Convert it in place with:\n"
+                f"{message} (it is there as {found}). Convert it into another data directory "
+                f"(with TensorFlow installed) and pass that one:\n"
                 f"  tfds convert_format --dataset_version_dir={builder.data_dir} "
-                "--out_file_format=array_record"
+                f"--out_file_format=array_record --out_dir={converted}\n"
+                f"  --config.data_dir={converted_root}"
             )
         raise DatasetNotPreparedError(f"{message}.\n{self.prepare_instructions(root)}")
 
     def _check_files(self, builder, root: str) -> None:
         """Every ArrayRecord file of both splits opens, holds the examples tfds wrote, and its
-        first and last examples decode to images of :attr:`image_shape`, uint8."""
+        first and last examples decode to images of :attr:`image_shape`, uint8. (The files are
+        named by each split's template with the ArrayRecord suffix, whatever the dataset's main
+        format: ArrayRecord may be an alternative one.)"""
         from array_record.python.array_record_module import ArrayRecordReader
 
+        suffix = _tfds().core.FileFormat.ARRAY_RECORD.file_suffix
         for split in ("train", self.eval_split):
             info = builder.info.splits[split]
+            template = info.filename_template.replace(filetype_suffix=suffix)
             found = 0
-            for path in info.filepaths:
+            for path in sorted(template.sharded_filepaths(info.num_shards)):
                 try:
                     reader = ArrayRecordReader(str(path))
                     count = reader.num_records()

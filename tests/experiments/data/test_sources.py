@@ -2,6 +2,7 @@
 ArrayRecord format (PNG/JPEG decoding without TensorFlow), and what a missing dataset says."""
 
 import io
+import json
 import math
 import os
 import shutil
@@ -190,6 +191,29 @@ def _cifar_copy(prepared, tmp_path):
     copy = tmp_path / "tfds"
     shutil.copytree(data_dir, copy)
     return copy
+
+
+@pytest.mark.parametrize("alternatives", [[], ["array_record"]], ids=["tfrecord", "in_place"])
+def test_a_tfrecord_dataset_is_told_to_convert_into_another_directory(
+    prepared, tmp_path, alternatives
+):
+    """Built as TFRecord, or converted in place by ``tfds convert_format`` (TFRecord stays the
+    format, ArrayRecord an alternative, which ``tfds.data_source`` does not read): the message
+    gives the conversion into another data directory, and the ``data_dir`` to pass."""
+    data_dir = _cifar_copy(prepared, tmp_path)
+    (info_file,) = (data_dir / "cifar10").glob("*/dataset_info.json")
+    info = json.loads(info_file.read_text())
+    assert info["fileFormat"] == "array_record"
+    info["fileFormat"], info["alternativeFileFormats"] = "tfrecord", alternatives
+    info_file.write_text(json.dumps(info))
+    with pytest.raises(data.DatasetNotPreparedError, match="it is there as tfrecord") as error:
+        data.check_prepared("cifar10", str(data_dir))
+    version = info_file.parent.name
+    assert (
+        f"--dataset_version_dir={data_dir}/cifar10/{version} --out_file_format=array_record "
+        f"--out_dir={data_dir}_array_record/cifar10/{version}\n"
+        f"  --config.data_dir={data_dir}_array_record"
+    ) in str(error.value)
 
 
 def test_a_truncated_file_is_named_before_anything_is_compiled(prepared, tmp_path, monkeypatch):
