@@ -417,6 +417,22 @@ def list_samples(root: str | os.PathLike) -> list[Sample]:
     return samples
 
 
+def check_class_counts(labels: Sequence[int] | np.ndarray, where: str | os.PathLike) -> None:
+    """Every class holds as many recordings as every other (1000 each in the release): a class
+    folder cut short (an unzip that stopped) would otherwise give a smaller, skewed split.
+
+    Raises:
+      ValueError: naming each class's count and ``where``.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(CLASS_NAMES))
+    if len(set(counts.tolist())) > 1:
+        listed = ", ".join(f"{name} {n}" for name, n in zip(CLASS_NAMES, counts, strict=True))
+        raise ValueError(
+            f"CIFAR10-DVS: the classes hold unequal numbers of recordings in {where} ({listed}); "
+            "the release has 1000 of each: unzip the short classes' archives again."
+        )
+
+
 def split_samples(
     samples: Sequence[Sample], train_fraction: float = TRAIN_FRACTION
 ) -> tuple[list[Sample], list[Sample]]:

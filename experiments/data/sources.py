@@ -220,7 +220,7 @@ class DigitsSource:
 
 @dataclasses.dataclass(frozen=True)
 class Cifar10DvsSource:
-    """CIFAR10-DVS as distributed (``data_dir`` is its root, see :mod:`experiments.cifar10_dvs`).
+    """CIFAR10-DVS as distributed (``data_dir`` is its root, see :mod:`experiments.data.cifar10_dvs`).
 
     The recordings are turned once into 16 frames of 48×48 event counts and cached on disk; the
     training split is the first 90 % of each class in file order, as the reference's.
@@ -237,13 +237,20 @@ class Cifar10DvsSource:
         if all((cache / f"{split}_frames.npy").exists() for split in cifar10_dvs.SPLITS):
             for split in cifar10_dvs.SPLITS:
                 try:
-                    cifar10_dvs.check_cache(cache, split)
+                    labels = cifar10_dvs.check_cache(cache, split)
                 except ValueError as error:
                     raise DatasetNotPreparedError(str(error)) from None
+                try:
+                    cifar10_dvs.check_class_counts(labels, cache / f"{split}_labels.npy")
+                except ValueError as error:  # a cache built from a release cut short
+                    raise DatasetNotPreparedError(
+                        f"{error} Then delete {cache}, the frames built from them."
+                    ) from None
             return
         try:
-            cifar10_dvs.find_event_dir(root)
-        except FileNotFoundError as error:
+            samples = cifar10_dvs.list_samples(root)
+            cifar10_dvs.check_class_counts([s.label for s in samples], root)
+        except (FileNotFoundError, ValueError) as error:  # missing, empty, mixed or cut short
             raise DatasetNotPreparedError(str(error)) from None
 
     @staticmethod
@@ -251,7 +258,7 @@ class Cifar10DvsSource:
         if data_dir is None:
             raise DatasetNotPreparedError(
                 "Dataset 'cifar10_dvs' has no default location: pass the folder holding the ten "
-                "class folders of the CIFAR10-DVS release with --config.data_dir=DIR (see the "
-                "README, section Datasets)."
+                "class folders of the CIFAR10-DVS release with --config.data_dir=DIR (see "
+                "docs/datasets.md)."
             )
         return os.path.expanduser(data_dir)

@@ -411,6 +411,25 @@ def test_class_folder_without_event_files_is_an_error(tmp_path):
         dvs.list_samples(tmp_path)
 
 
+def test_an_empty_or_short_class_folder_stops_the_run_before_the_cache_is_built(tmp_path):
+    make_tree(tmp_path, {name: 2 for name in dvs.CLASS_NAMES})
+    (tmp_path / "dog" / "cifar10_dog_1.aedat").unlink()
+    with pytest.raises(data.DatasetNotPreparedError, match=r"unequal .* cat 2, deer 2, dog 1, frog"):
+        data.check_prepared("cifar10_dvs", str(tmp_path))
+    (tmp_path / "dog" / "cifar10_dog_0.aedat").unlink()
+    with pytest.raises(data.DatasetNotPreparedError, match=r"no event file .* for class 'dog'"):
+        data.check_prepared("cifar10_dvs", str(tmp_path))
+    assert not dvs.default_cache_dir(tmp_path).exists()
+
+
+def test_a_cache_built_from_a_short_class_is_refused(tmp_path):
+    make_tree(tmp_path, {"airplane": 2})  # one recording of every other class
+    for split in dvs.SPLITS:
+        dvs.FrameSource(tmp_path, split)  # builds the default cache
+    with pytest.raises(data.DatasetNotPreparedError, match=r"unequal .*airplane 2, .*Then delete"):
+        data.check_prepared("cifar10_dvs", str(tmp_path))
+
+
 def test_truncated_aedat_is_an_error_naming_the_file(tmp_path):
     path = tmp_path / "cut.aedat"
     path.write_bytes(AEDAT_HEADER + bytes(8 * 3 + 5))
