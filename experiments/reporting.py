@@ -175,9 +175,12 @@ class RunLog:
             f.write(strict_json(record) + "\n")
 
     def train(self, step: int, epoch: int, summary: dict[str, float], lr: float) -> None:
+        """A train record at ``step`` of the 0-based ``epoch``; written 1-based, as the test
+        record at the same step (the epoch that step ends)."""
         if not self.enabled:
             return
-        record = {"step": step, "epoch": epoch, "split": "train", **summary, "learning_rate": lr}
+        record = {"step": step, "epoch": epoch + 1, "split": "train", **summary}
+        record["learning_rate"] = lr
         self._write(record)
         for key in ("loss", "top1", "top5", "images_per_s", "learning_rate"):
             self.writer.add_scalar(f"train/{key}", record[key], step)

@@ -635,6 +635,9 @@ def _train_and_evaluate(
             "processes": jax.process_count(),
         }
         log.finish(summary, records)
+        if interruptions.requested:  # it came during the summary: honoured now that it is written
+            log.print("interrupted after training; the summary is written (analysis: --mode=analyze)")
+            raise KeyboardInterrupt
         return summary
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import checkpointing, train
+from experiments import checkpointing, reporting, train
 from tests.support import faults, tiny_digits
 from tests.support.runs import assert_same_params, restore_params
 
@@ -203,6 +203,26 @@ def test_sigterm_checkpoints_the_step_in_hand_and_the_run_resumes_bit_identical(
     assert resumed["best_test_top1"] == summary["best_test_top1"]
     assert resumed["final_test_top1"] == summary["final_test_top1"]
     assert_same_params(restore_params(tiny_digits.get_config(), tmp_path)[0], want)
+
+
+def test_a_sigterm_during_the_summary_is_honoured_once_it_is_written(
+    uninterrupted, tmp_path, monkeypatch, capsys
+):
+    # A finished run, run again, goes straight to its summary; the signal arrives inside it.
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted[0], workdir)
+    (workdir / "summary.json").unlink()
+    finish = reporting.RunLog.finish
+
+    def finish_and_receive_sigterm(self, *args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        finish(self, *args)
+
+    monkeypatch.setattr(reporting.RunLog, "finish", finish_and_receive_sigterm)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(tiny_digits.get_config(), workdir)
+    assert json.loads((workdir / "summary.json").read_text())["steps"] == uninterrupted[1]["steps"]
+    assert "interrupted after training; the summary is written" in capsys.readouterr().out
 
 
 def test_a_second_ctrl_c_inside_a_step_stops_at_once_from_the_last_checkpoint(

@@ -45,6 +45,10 @@ def test_run_writes_metrics_summary_records_and_plots(uninterrupted):
     train_lines = [r for r in records if r["split"] == "train"]
     for key in ("step", "epoch", "loss", "top1", "top5", "learning_rate", "images_per_s"):
         assert key in train_lines[0]
+    # Both splits count epochs from 1: a step's train and test records name the same epoch.
+    steps_per_epoch = step // 2
+    assert all(r["epoch"] == (r["step"] - 1) // steps_per_epoch + 1 for r in train_lines)
+    assert {r["epoch"] for r in train_lines} == {1, 2}
     with np.load(workdir / "glif_params.npz") as glif:
         np.testing.assert_array_equal(glif["epochs"], [0, 1, 2])
         layers = {k.rsplit("/", 1)[0] for k in glif.files if k != "epochs"}
