@@ -636,7 +636,7 @@ def _train_and_evaluate(
         }
         log.finish(summary, records)
         if interruptions.requested:  # it came during the summary: honoured now that it is written
-            log.print("interrupted after training; the summary is written (analysis: --mode=analyze)")
+            log.print("interrupted after training; the summary is written (--mode=analyze next)")
             raise KeyboardInterrupt
         return summary
 

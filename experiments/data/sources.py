@@ -220,7 +220,8 @@ class DigitsSource:
 
 @dataclasses.dataclass(frozen=True)
 class Cifar10DvsSource:
-    """CIFAR10-DVS as distributed (``data_dir`` is its root, see :mod:`experiments.data.cifar10_dvs`).
+    """CIFAR10-DVS as distributed (``data_dir`` is its root, see
+    :mod:`experiments.data.cifar10_dvs`).
 
     The recordings are turned once into 16 frames of 48×48 event counts and cached on disk; the
     training split is the first 90 % of each class in file order, as the reference's.
