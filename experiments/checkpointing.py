@@ -66,7 +66,8 @@ class CheckpointMismatchError(ValueError):
 
 
 class CheckpointCorruptError(RuntimeError):
-    """Checkpoints exist in the workdir but none of them can be read."""
+    """Checkpoints exist in the workdir but none of them can be read (or a reference checkpoint
+    file cannot be read)."""
 
 
 # ------------------------------------------------------------------------------------------------

@@ -53,8 +53,8 @@ def initialize_distributed(
       Whether this process joined a multi-process run.
 
     Raises:
-      ValueError: the address, count and index are given in part (outside a cluster manager),
-        which would otherwise leave each process training alone.
+      ValueError: an address without a process count above 1, or the other way round (outside
+        a cluster manager), which would otherwise leave each process training alone.
     """
     import jax
 
@@ -62,20 +62,21 @@ def initialize_distributed(
     count = num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
     if process_id is None and "JAX_PROCESS_ID" in os.environ:
         process_id = int(os.environ["JAX_PROCESS_ID"])
+    # The address and a count above 1 start a multi-process run (jax finds a missing index on
+    # the platforms it knows); one without the other would leave each process training alone.
     missing = [
         name
         for name, absent in (
             ("--coordinator_address (JAX_COORDINATOR_ADDRESS)", not address),
-            ("--num_processes (JAX_NUM_PROCESSES)", count < 1),
-            ("--process_id (JAX_PROCESS_ID)", process_id is None and count != 1),
+            ("--num_processes (JAX_NUM_PROCESSES)", count < 2),
         )
         if absent
     ]
-    partial = 0 < len(missing) < 3 and count != 1  # one process needs no address
-    if partial and not _launched_by_a_cluster_manager():
+    given = bool(address) or count > 1 or process_id is not None
+    if missing and given and count != 1 and not _launched_by_a_cluster_manager():
         raise ValueError(
-            f"a multi-process run needs {', '.join(missing)} as well as what was given; "
-            "give all three, or none for a single process."
+            f"a multi-process run needs {' and '.join(missing)} as well as what was given; "
+            "give both (and --process_id where jax cannot find it), or none for a single process."
         )
     if address and count > 1:
         # CPU hosts exchange collectives through gloo; GPU and TPU ignore this setting.

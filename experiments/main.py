@@ -222,6 +222,8 @@ def _check_flags(argv) -> None:
             "--reference_checkpoint reads a PyTorch file, which needs torch: "
             "pip install 'glif_jax[torch]' (the CPU build is enough)."
         )
+    if FLAGS.reference_checkpoint and not os.path.isfile(FLAGS.reference_checkpoint):
+        raise UsageError(f"--reference_checkpoint={FLAGS.reference_checkpoint}: no such file.")
 
 
 def _check_batch(config, process_count: int) -> None:

@@ -175,8 +175,8 @@ class RunLog:
             f.write(strict_json(record) + "\n")
 
     def train(self, step: int, epoch: int, summary: dict[str, float], lr: float) -> None:
-        """A train record at ``step`` of the 0-based ``epoch``; written 1-based, as the test
-        record at the same step (the epoch that step ends)."""
+        """A train record at ``step`` of the 0-based ``epoch``; written 1-based (the epoch the
+        step belongs to), as test records are."""
         if not self.enabled:
             return
         record = {"step": step, "epoch": epoch + 1, "split": "train", **summary}

@@ -41,7 +41,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from experiments import data, recipe, reporting, workdir_lock
-from experiments.checkpointing import CheckpointMismatchError, Checkpoints
+from experiments.checkpointing import CheckpointCorruptError, CheckpointMismatchError, Checkpoints
 from experiments.configs.base import ConfigError
 from experiments.settings import SCHEDULE_KEYS, Input, Settings
 from glif_jax import nn as glif_nn
@@ -636,7 +636,10 @@ def _train_and_evaluate(
         }
         log.finish(summary, records)
         if interruptions.requested:  # it came during the summary: honoured now that it is written
-            log.print("interrupted after training; the summary is written (--mode=analyze next)")
+            log.print(
+                "interrupted after training, with the summary written; the same command finishes "
+                "the run (it does not train again)"
+            )
             raise KeyboardInterrupt
         return summary
 
@@ -674,6 +677,39 @@ def evaluate(
     return result
 
 
+def _load_reference(path: str, model: nnx.Module, settings: Settings) -> None:
+    """Load a released reference checkpoint file into ``model``; each failure one error.
+
+    Raises:
+      NoCheckpointError: no such file.
+      CheckpointCorruptError: the file is not a PyTorch checkpoint holding a state dict.
+      CheckpointMismatchError: its names or shapes do not fit ``model`` (another network, T or
+        normalisation).
+      ImportError: torch is not installed.
+    """
+    from glif_jax import interop
+
+    if not Path(path).is_file():
+        raise NoCheckpointError(f"--reference_checkpoint={path}: no such file.")
+    try:
+        state_dict = interop.read_reference_checkpoint(path)
+    except ImportError:
+        raise
+    except Exception as error:  # torch.load fails in many ways on a file that is not its own
+        raise CheckpointCorruptError(
+            f"--reference_checkpoint={path} cannot be read as a PyTorch checkpoint: {error}"
+        ) from None
+    try:
+        interop.load_reference_state_dict(model, state_dict)
+    except (ValueError, TypeError) as error:  # other names or shapes; no layout known
+        said = str(error).rstrip(".")
+        if "plain_bn" in said and "plain_bn" in settings.network.model_options:
+            said += ", which the config sets with --config.model_options.plain_bn"
+        raise CheckpointMismatchError(
+            f"--reference_checkpoint={path} does not fit the config's network: {said}."
+        ) from None
+
+
 def load_for_evaluation(
     settings: Settings,
     workdir: Path,
@@ -688,7 +724,8 @@ def load_for_evaluation(
       NoCheckpointError: ``workdir`` has no such checkpoint, or ``reference_checkpoint`` no file.
       CheckpointMismatchError: the checkpoint does not fit ``settings``' network (for a reference
         file: another network, T or normalisation, as :mod:`glif_jax.interop` says).
-      CheckpointCorruptError: see :mod:`experiments.checkpointing`.
+      CheckpointCorruptError: none can be read (see :mod:`experiments.checkpointing`), or the
+        reference file is not a PyTorch checkpoint.
       ImportError: a reference file needs torch, which is not installed.
     """
     data.check_prepared(settings.input.dataset, settings.input.data_dir)
@@ -697,23 +734,10 @@ def load_for_evaluation(
     mesh = make_mesh(settings.input.batch_size)
     trainer = Trainer(settings, info.num_classes, steps_per_epoch, mesh)
     if reference_checkpoint is not None:
-        from glif_jax import interop
-
         model = nnx.merge(
             trainer.graphs.eval, trainer.initial_state.params, trainer.initial_state.batch_stats
         )
-        if not Path(reference_checkpoint).is_file():
-            raise NoCheckpointError(f"--reference_checkpoint={reference_checkpoint}: no such file.")
-        try:
-            interop.load_reference_checkpoint(reference_checkpoint, model=model)
-        except (ValueError, TypeError) as error:  # other names or shapes; no layout known
-            said = str(error).rstrip(".")
-            if "plain_bn" in said:
-                said += ", which the config sets with --config.model_options.plain_bn"
-            raise CheckpointMismatchError(
-                f"--reference_checkpoint={reference_checkpoint} does not fit the config's "
-                f"network: {said}."
-            ) from None
+        _load_reference(str(reference_checkpoint), model, settings)
         _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         state = jax.device_put(
             dataclasses.replace(trainer.initial_state, params=params, batch_stats=batch_stats),

@@ -1,7 +1,6 @@
 """Table 3: the 7B-wideNet with GLIF on CIFAR10-DVS, T = 16 event frames.
 
-    python -m experiments.main --config=experiments/configs/cifar10_dvs.py --workdir=runs/dvs \
-        --config.data_dir=~/data/CIFAR10-DVS
+    python -m experiments.main --config=experiments/configs/cifar10_dvs.py --workdir=runs/dvs --config.data_dir=~/data/CIFAR10-DVS
 
 Expected wall time: 200 epochs of 281 steps at batch 32 with 16 frames of 48×48; about a GPU-day
 for the reference (not measured here); building the frame cache once takes tens of minutes on a

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from experiments import aot
+from tests.support import tiny_digits
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 2**20
@@ -123,6 +124,7 @@ def test_pallas_kernels_compile_under_mosaic_for_every_tpu_generation():
     script = """
 import jax, jax.numpy as jnp
 from experiments import aot
+from tests.support import tiny_digits
 from glif_jax import kernels, neuron
 params = neuron.init_params(128, 4, key=jax.random.key(0))
 def loss(p, x):
@@ -186,6 +188,16 @@ def test_compile_mode_writes_compile_json_and_hlo_without_data(tmp_path):
     assert report["topology"] is None
 
 
+def test_find_max_batch_without_a_memory_size_is_refused_before_compiling(tmp_path, monkeypatch):
+    def compiled(*args, **kwargs):
+        raise AssertionError("compiled before the memory size was known")
+
+    monkeypatch.setattr(aot, "compile_steps", compiled)
+    with pytest.raises(aot.CompileError, match="--find_max_batch needs the devices' memory size"):
+        aot.compile_and_report(tiny_digits.get_config(), tmp_path, max_batch=True)
+    assert not (tmp_path / "compile.json").exists()
+
+
 def test_unknown_topology_lists_the_known_ones():
     with pytest.raises(aot.CompileError, match=r"unknown topology 'v9:2x2'.*v4.*v5e.*v5p.*v6e"):
         aot.topology_devices("v9:2x2")
@@ -247,6 +259,7 @@ def test_a_step_the_tpu_compiler_refuses_is_one_line_and_a_failed_probe(tmp_path
     script = """
 import json
 from experiments import aot
+from tests.support import tiny_digits
 from experiments.configs import digits
 devices = aot.topology_devices("v5e:2x2")
 found = aot.find_max_batch(

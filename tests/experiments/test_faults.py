@@ -222,7 +222,7 @@ def test_a_sigterm_during_the_summary_is_honoured_once_it_is_written(
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(tiny_digits.get_config(), workdir)
     assert json.loads((workdir / "summary.json").read_text())["steps"] == uninterrupted[1]["steps"]
-    assert "interrupted after training; the summary is written" in capsys.readouterr().out
+    assert "interrupted after training, with the summary written" in capsys.readouterr().out
 
 
 def test_a_second_ctrl_c_inside_a_step_stops_at_once_from_the_last_checkpoint(

@@ -258,6 +258,15 @@ def test_eval_mode_evaluates_a_released_reference_checkpoint(tmp_path, monkeypat
 def test_a_reference_checkpoint_the_network_cannot_take_is_a_mismatch(tmp_path):
     torch = pytest.importorskip("torch")
     path = tmp_path / "other.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(
+        checkpointing.CheckpointCorruptError, match="cannot be read as a PyTorch checkpoint"
+    ):
+        train.evaluate(tiny_digits.get_config(), tmp_path / "eval", reference_checkpoint=str(path))
+    with pytest.raises(train.NoCheckpointError, match=r"nowhere\.pth: no such file"):
+        train.evaluate(
+            tiny_digits.get_config(), tmp_path / "eval", reference_checkpoint="nowhere.pth"
+        )
     torch.save({"state_dict": {"conv1.weight": torch.zeros(4, 1, 3, 3)}}, path)
     with pytest.raises(
         checkpointing.CheckpointMismatchError,

@@ -104,11 +104,11 @@ def killed_run(workdir: Path, kind: str, duration_s: float, rng: random.Random) 
 
 
 def _check_sigterm_exit(workdir: Path, status: int, stderr: str) -> None:
-    """A SIGTERM inside the training loop checkpoints and exits with 130 (0 if it came while the
-    summary was written). Ended by the signal itself is right only before the loop set its
+    """A SIGTERM inside the training loop, or while the summary is written, checkpoints or finishes
+    the summary and exits with 130. Ended by the signal itself is right only before the loop set its
     handler (start-up: the progress bar, shown as the loop starts, is not on stderr yet) or after
     the run had finished (``summary.json`` written): there is nothing new to save then."""
-    if status in (130, 0):
+    if status == 130:
         return
     outside_loop = "%|" not in stderr or (workdir / "summary.json").exists()
     if status == -signal.SIGTERM and outside_loop:
