@@ -226,9 +226,10 @@ def _check_flags(argv) -> None:
         raise UsageError(f"--reference_checkpoint={FLAGS.reference_checkpoint}: no such file.")
 
 
-def _check_batch(config, process_count: int) -> None:
-    """The global batch against the training split and the devices, before anything compiles.
-    (``--mode=compile`` sets its own batch and devices: :mod:`experiments.aot` checks those.)"""
+def _check_run_fits_the_devices(config, process_count: int) -> None:
+    """The global batch against the training split and the devices, and the analysis on one
+    process, before anything compiles. (``--mode=compile`` sets its own batch and devices:
+    :mod:`experiments.aot` checks those.)"""
     from experiments import data, train
 
     if FLAGS.mode == "compile":
@@ -276,7 +277,7 @@ def main(argv):
 
     try:
         train.check_model(Settings.from_config(config))
-        _check_batch(config, jax.process_count())
+        _check_run_fits_the_devices(config, jax.process_count())
         _check_workdir(FLAGS.workdir)  # made only once everything else is known to be right
         _run(config, FLAGS.workdir)
     except (UsageError, ConfigError, aot.CompileError) as error:
