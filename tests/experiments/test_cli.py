@@ -15,7 +15,7 @@ import pytest
 
 from experiments import checkpointing, train, workdir_lock
 from tests.support import tiny_digits
-from tests.support.runs import restore_params
+from tests.support.runs import MULTI_PROCESS_VARIABLES, restore_params
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = "--config=tests/support/tiny_digits.py"
@@ -25,10 +25,7 @@ def _command(*flags: str) -> list[str]:
     return [sys.executable, "-m", "experiments.main", *flags]
 
 
-# A launcher's or a multi-process run's settings, which would make these runs join one.
-_LAUNCHERS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
-_JAX_PROCESSES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-_ENV = {k: v for k, v in os.environ.items() if k not in _LAUNCHERS + _JAX_PROCESSES}
+_ENV = {k: v for k, v in os.environ.items() if k not in MULTI_PROCESS_VARIABLES}
 
 
 def _run(*flags: str, timeout: int = 300) -> subprocess.CompletedProcess:

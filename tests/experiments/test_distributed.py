@@ -1,22 +1,14 @@
-"""Joining a multi-process run: the address, count and index come together or not at all."""
+"""Joining a multi-process run: the address and the process count come together or not at all."""
 
 import pytest
 
 from experiments import distributed
-
-_ENVIRONMENT = (
-    "JAX_COORDINATOR_ADDRESS",
-    "JAX_NUM_PROCESSES",
-    "JAX_PROCESS_ID",
-    "SLURM_NTASKS",
-    "OMPI_COMM_WORLD_SIZE",
-    "TPU_WORKER_HOSTNAMES",
-)
+from tests.support.runs import MULTI_PROCESS_VARIABLES
 
 
 @pytest.fixture(autouse=True)
 def _single_host(monkeypatch):
-    for name in _ENVIRONMENT:
+    for name in MULTI_PROCESS_VARIABLES:
         monkeypatch.delenv(name, raising=False)
 
 

@@ -8,6 +8,17 @@ import numpy as np
 from experiments import train
 from experiments.settings import Settings
 
+MULTI_PROCESS_VARIABLES = (
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+    "SLURM_NTASKS",
+    "OMPI_COMM_WORLD_SIZE",
+    "TPU_WORKER_HOSTNAMES",
+)
+"""What makes a process join a multi-process run (:mod:`experiments.distributed`): the tests of
+single-process runs remove them, so that a launcher's environment does not leak in."""
+
 
 def restore_params(config, workdir, which="latest"):
     """The parameters of a workdir's checkpoint as NumPy arrays keyed by path."""
